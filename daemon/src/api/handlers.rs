@@ -1,0 +1,214 @@
+//! Route handlers: parse, call the core, answer. Mutations answer `202 Accepted` with the job
+//! and a `Location` header; `GET /v1/jobs/{id}?wait=N` waits for its final state.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::{Stream, StreamExt};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use uuid::Uuid;
+
+use super::{ApiError, AppState, Body, Peer, Query};
+use crate::core::Error;
+use crate::wire;
+
+/// Longest `?wait=` honoured.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn accepted(job: Result<wire::Job, Error>) -> ApiResult<Response> {
+    let job = job?;
+    let location = format!("/v1/jobs/{}", job.id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(job),
+    )
+        .into_response())
+}
+
+pub(super) async fn system_info(State(s): State<AppState>) -> Json<wire::SystemInfo> {
+    Json(s.core.system_info())
+}
+
+pub(super) async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+pub(super) async fn pools(State(s): State<AppState>) -> ApiResult<Json<Vec<wire::Pool>>> {
+    Ok(Json(s.core.list_pools().await?))
+}
+
+pub(super) async fn list_datasets(
+    State(s): State<AppState>,
+) -> ApiResult<Json<Vec<wire::Dataset>>> {
+    Ok(Json(s.core.list_datasets().await?))
+}
+
+pub(super) async fn get_dataset(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<wire::Dataset>> {
+    Ok(Json(s.core.get_dataset(&name).await?))
+}
+
+pub(super) async fn create_dataset(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Body(req): Body<wire::CreateDataset>,
+) -> ApiResult<Response> {
+    accepted(s.core.create_dataset(req, peer.0))
+}
+
+pub(super) async fn set_properties(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+    Body(req): Body<wire::SetProperties>,
+) -> ApiResult<Response> {
+    accepted(s.core.set_properties(&name, req, peer.0))
+}
+
+pub(super) async fn destroy_dataset(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+    Query(q): Query<wire::DestroyDataset>,
+) -> ApiResult<Response> {
+    accepted(s.core.destroy_dataset(&name, q, peer.0))
+}
+
+pub(super) async fn list_snapshots(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<wire::Snapshot>>> {
+    Ok(Json(s.core.list_snapshots(&name).await?))
+}
+
+pub(super) async fn create_snapshot(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+    Body(req): Body<wire::CreateSnapshot>,
+) -> ApiResult<Response> {
+    accepted(s.core.create_snapshot(&name, req, peer.0))
+}
+
+pub(super) async fn destroy_snapshot(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path((name, snap)): Path<(String, String)>,
+    Query(q): Query<wire::DestroySnapshot>,
+) -> ApiResult<Response> {
+    accepted(s.core.destroy_snapshot(&name, &snap, q, peer.0))
+}
+
+pub(super) async fn rollback(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path((name, snap)): Path<(String, String)>,
+    Body(req): Body<wire::Rollback>,
+) -> ApiResult<Response> {
+    accepted(s.core.rollback(&name, &snap, req, peer.0))
+}
+
+pub(super) async fn clone_snapshot(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path((name, snap)): Path<(String, String)>,
+    Body(req): Body<wire::Clone>,
+) -> ApiResult<Response> {
+    accepted(s.core.clone_snapshot(&name, &snap, req, peer.0))
+}
+
+pub(super) async fn hold(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path((name, snap)): Path<(String, String)>,
+    Body(req): Body<wire::Hold>,
+) -> ApiResult<Response> {
+    accepted(s.core.hold(&name, &snap, req, true, peer.0))
+}
+
+pub(super) async fn release(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path((name, snap)): Path<(String, String)>,
+    Body(req): Body<wire::Hold>,
+) -> ApiResult<Response> {
+    accepted(s.core.hold(&name, &snap, req, false, peer.0))
+}
+
+pub(super) async fn list_jobs(State(s): State<AppState>) -> Json<Vec<wire::Job>> {
+    Json(s.core.jobs.list())
+}
+
+pub(super) async fn get_job(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<wire::JobWait>,
+) -> ApiResult<Json<wire::Job>> {
+    let id: Uuid = id.parse().map_err(|_| {
+        ApiError::bad_request("id", "invalid_id", format!("'{id}' is not a job id"))
+    })?;
+    let job = match q.wait {
+        Some(secs) => {
+            let wait = Duration::from_secs(secs).min(MAX_WAIT);
+            s.core.jobs.wait(id, wait).await
+        }
+        None => s.core.jobs.get(id),
+    };
+    job.map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
+}
+
+/// `GET /v1/events`: server-sent events until labd shuts down. A subscriber that lags is sent
+/// a `lagged` event and disconnected; it must re-read state.
+pub(super) async fn events(
+    State(s): State<AppState>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let mut stop = s.shutdown.clone();
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let stream = BroadcastStream::new(s.core.events.subscribe())
+        .scan(false, |lagged, item| {
+            if *lagged {
+                return std::future::ready(None);
+            }
+            let event = match item {
+                Ok(ev) => SseEvent::default()
+                    .event(ev.kind.clone())
+                    .id(ev.seq.to_string())
+                    .json_data(&ev)
+                    .unwrap_or_else(|_| SseEvent::default().comment("unserializable event")),
+                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                    *lagged = true;
+                    SseEvent::default()
+                        .event("lagged")
+                        .data(format!("{n} events missed; reconnect and re-read state"))
+                }
+            };
+            std::future::ready(Some(Ok(event)))
+        })
+        .take_until(stopped);
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+pub(super) async fn no_route() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+pub(super) async fn no_method() -> Response {
+    let mut r = ApiError::bad_request("method", "method_not_allowed", "method not allowed here")
+        .into_response();
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
+}

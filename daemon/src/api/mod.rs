@@ -1,0 +1,204 @@
+//! The HTTP/JSON API (routes in docs/api.md): axum on a Unix socket that is private to its
+//! group before the first connection is accepted.
+//!
+//! Handlers only parse requests into wire types and call the core; every error leaves as the
+//! one JSON error body. The caller's uid/gid (peer credentials) go with every mutation into
+//! its job and events.
+
+mod error;
+mod handlers;
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::connect_info::Connected;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use axum::serve::IncomingStream;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+
+pub use error::ApiError;
+
+use crate::config::ApiConfig;
+use crate::core::Core;
+use crate::wire::Actor;
+
+/// Shared state of the handlers.
+#[derive(Debug, Clone)]
+struct AppState {
+    core: Arc<Core>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The peer credentials of a connection.
+#[derive(Debug, Clone, Copy)]
+struct Peer(Option<Actor>);
+
+impl Connected<IncomingStream<'_, UnixListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        let cred = stream.io().peer_cred().ok();
+        Self(cred.map(|c| Actor {
+            uid: c.uid(),
+            gid: c.gid(),
+            pid: c.pid(),
+        }))
+    }
+}
+
+/// Why the socket cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Another process answers on the socket.
+    #[error("another labd is serving {0}")]
+    InUse(PathBuf),
+    /// The socket group does not exist.
+    #[error("api.socket_group: no group named '{0}'")]
+    NoGroup(String),
+    /// A file system error.
+    #[error("cannot create socket {path}")]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Create the socket with mode 0660 (and the configured group) before anything can connect.
+pub fn bind(api: &ApiConfig) -> Result<UnixListener, BindError> {
+    let path = &api.socket;
+    let io_err = |source| BindError::Io {
+        path: path.clone(),
+        source,
+    };
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(BindError::InUse(path.clone()));
+        }
+        std::fs::remove_file(path).map_err(io_err)?;
+    }
+    let gid = match &api.socket_group {
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| BindError::NoGroup(name.clone()))?
+                .gid
+                .as_raw(),
+        ),
+        None => None,
+    };
+    // The umask makes the socket 0660 at creation, so no connection is ever accepted on a
+    // more open socket; chmod below states the mode explicitly.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o117));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(io_err)?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err)?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io_err)?;
+    Ok(listener)
+}
+
+/// Serve the API until `shutdown` turns true: then stop accepting, end event streams, and
+/// return once open requests are answered.
+pub async fn serve(
+    listener: UnixListener,
+    core: Arc<Core>,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let state = AppState {
+        core,
+        shutdown: shutdown.clone(),
+    };
+    let app = router(state);
+    let mut stop = shutdown;
+    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+}
+
+/// Remove the socket file (at exit).
+pub fn unlink(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove socket");
+    }
+}
+
+fn router(state: AppState) -> Router {
+    use handlers as h;
+    let snap = "/v1/datasets/{name}/snapshots/{snap}";
+    Router::new()
+        .route("/v1", get(h::system_info))
+        .route("/v1/health", get(h::health))
+        .route("/v1/pools", get(h::pools))
+        .route(
+            "/v1/datasets",
+            get(h::list_datasets).post(h::create_dataset),
+        )
+        .route(
+            "/v1/datasets/{name}",
+            get(h::get_dataset)
+                .patch(h::set_properties)
+                .delete(h::destroy_dataset),
+        )
+        .route(
+            "/v1/datasets/{name}/snapshots",
+            get(h::list_snapshots).post(h::create_snapshot),
+        )
+        .route(snap, axum::routing::delete(h::destroy_snapshot))
+        .route(&format!("{snap}/rollback"), post(h::rollback))
+        .route(&format!("{snap}/clone"), post(h::clone_snapshot))
+        .route(&format!("{snap}/hold"), post(h::hold))
+        .route(&format!("{snap}/release"), post(h::release))
+        .route("/v1/jobs", get(h::list_jobs))
+        .route("/v1/jobs/{id}", get(h::get_job))
+        .route("/v1/events", get(h::events))
+        .fallback(h::no_route)
+        .method_not_allowed_fallback(h::no_method)
+        .with_state(state)
+}
+
+/// A JSON body whose rejections are API errors naming the body.
+#[derive(Debug)]
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(e) => Err(ApiError::bad_request("body", "invalid_body", e.body_text())),
+        }
+    }
+}
+
+/// A query string whose rejections are API errors naming the query.
+#[derive(Debug)]
+struct Query<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            Err(e) => Err(ApiError::bad_request(
+                "query",
+                "invalid_query",
+                e.body_text(),
+            )),
+        }
+    }
+}

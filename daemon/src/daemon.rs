@@ -1,0 +1,95 @@
+//! labd's life: start, serve, reload on SIGHUP, stop on SIGTERM.
+//!
+//! Start-up fails with a message naming the key or the missing piece (bad config, missing
+//! root dataset, socket in use). On SIGHUP the configuration is read and its drivers probed
+//! again; a bad one is rejected with the reason and the old one stays in force. On SIGTERM
+//! (or SIGINT) labd stops accepting connections, gives running jobs the configured grace to
+//! finish, fails the rest, and exits 0.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::api;
+use crate::config::Config;
+use crate::core::{Core, Host};
+
+/// Run labd with the configuration at `config_path` until SIGTERM or SIGINT.
+pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&config_path)?;
+    let socket = config.api.socket.clone();
+    let grace = config.daemon.shutdown_grace;
+    let host = Host::build(config.clone()).await?;
+    let core = Arc::new(Core::new(host));
+    let listener = api::bind(&config.api)?;
+    tracing::info!(
+        socket = %socket.display(),
+        root = %config.zfs.root,
+        version = env!("CARGO_PKG_VERSION"),
+        "labd serving"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(api::serve(listener, Arc::clone(&core), stop_rx));
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(&core, &config_path).await,
+        }
+    }
+
+    tracing::info!(
+        grace_ms = grace.as_millis(),
+        "stopping: no new connections, finishing jobs"
+    );
+    stop_tx.send_replace(true);
+    core.jobs.shutdown(grace).await;
+    core.events
+        .publish("daemon.stopped", "labd", None, json!({}));
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+        Err(_) => tracing::warn!("open connections did not close in 5s"),
+    }
+    api::unlink(&socket);
+    tracing::info!("labd stopped");
+    Ok(())
+}
+
+async fn reload(core: &Core, path: &Path) {
+    let result = async {
+        let config = Config::load(path)?;
+        let host = Host::build(config).await?;
+        anyhow::Ok(host)
+    }
+    .await;
+    match result {
+        Ok(host) => {
+            let old = core.host();
+            if old.config.api != host.config.api {
+                tracing::warn!("[api] changes take effect at the next restart");
+            }
+            let root = host.config.zfs.root.to_string();
+            core.replace_host(host);
+            tracing::info!(%root, "configuration reloaded");
+            core.events
+                .publish("config.reloaded", "labd", None, json!({"root": root}));
+        }
+        Err(e) => {
+            let reason = format!("{e:#}");
+            tracing::error!(%reason, "configuration rejected; the old one stays in force");
+            core.events
+                .publish("config.rejected", "labd", None, json!({"reason": reason}));
+        }
+    }
+}

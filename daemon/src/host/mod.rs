@@ -1,0 +1,5 @@
+//! Host drivers: the only code that runs programs on the host, always as argv vectors through
+//! [`runner::Runner`].
+
+pub mod runner;
+pub mod zfs;

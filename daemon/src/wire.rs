@@ -1,0 +1,329 @@
+//! Wire types of the HTTP/JSON API, shared by labd and labctl.
+//!
+//! These are the only types that derive `Serialize`/`Deserialize` for the API. Internal types
+//! (validated names, driver rows) convert into them at the API edge. Adding a field is a
+//! compatible change; renaming or removing one is not (see docs/api.md).
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Version of the API served under `/v1`.
+pub const API_VERSION: &str = "v1";
+
+/// `GET /v1`: who is serving and with what.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SystemInfo {
+    /// labd's version (Cargo package version).
+    pub version: String,
+    /// API version (`v1`).
+    pub api_version: String,
+    /// Configured root dataset under which short names resolve.
+    pub root: String,
+    /// Driver chosen for each subsystem, with the capabilities it probed.
+    pub drivers: Vec<DriverInfo>,
+}
+
+/// One host driver and what it can do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriverInfo {
+    /// Subsystem (`zfs`).
+    pub subsystem: String,
+    /// Driver name (`openzfs`, `zfs-fuse`).
+    pub name: String,
+    /// Capabilities found by probing, e.g. `get_type_filter`.
+    pub capabilities: Vec<String>,
+}
+
+/// `GET /v1/pools`: one ZFS pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pool {
+    /// Pool name.
+    pub name: String,
+    /// Health as `zpool` reports it (`ONLINE`, `DEGRADED`, …).
+    pub health: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Allocated bytes.
+    pub allocated: u64,
+    /// Free bytes.
+    pub free: u64,
+    /// Percent of size allocated.
+    pub capacity_percent: u8,
+}
+
+/// A filesystem dataset.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Dataset {
+    /// Full ZFS name (`tank/labd/photos`).
+    pub name: String,
+    /// Name relative to the configured root (`photos`); empty for the root itself.
+    pub short_name: String,
+    /// Bytes used by the dataset and its descendants.
+    pub used: u64,
+    /// Bytes available to the dataset.
+    pub available: u64,
+    /// Bytes referenced by the dataset.
+    pub referenced: u64,
+    /// Mount point (`none` and `legacy` are reported as they are).
+    pub mountpoint: String,
+    /// Whether labd created it (`labd:managed=on`): only those are destroyed without `force`.
+    pub managed: bool,
+    /// Every property with its source; only filled by `GET /v1/datasets/{name}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<BTreeMap<String, Property>>,
+}
+
+/// A property value and where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Property {
+    /// Raw value as `zfs get -Hp` prints it (exact numbers).
+    pub value: String,
+    /// Where the value comes from.
+    pub source: PropertySource,
+    /// For inherited values: the dataset it is inherited from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherited_from: Option<String>,
+}
+
+/// Source of a property value, as `zfs get` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PropertySource {
+    /// Set on this dataset.
+    Local,
+    /// The built-in default.
+    Default,
+    /// Inherited from an ancestor.
+    Inherited,
+    /// Set by `zfs receive`.
+    Received,
+    /// A temporary mount option.
+    Temporary,
+    /// Read-only or not applicable (`-`).
+    None,
+}
+
+/// A snapshot of a dataset.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Full name (`tank/labd/photos@s1`).
+    pub name: String,
+    /// Full name of the dataset.
+    pub dataset: String,
+    /// Snapshot part of the name (`s1`).
+    pub snapshot: String,
+    /// Creation time.
+    pub created: Timestamp,
+    /// ZFS transaction group that created it: orders snapshots exactly.
+    pub createtxg: u64,
+    /// Bytes unique to this snapshot.
+    pub used: u64,
+    /// Bytes referenced.
+    pub referenced: u64,
+    /// Number of user holds (`userrefs`); a held snapshot is never destroyed.
+    pub holds: u64,
+}
+
+/// `POST /v1/datasets`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDataset {
+    /// Short (relative to the root) or full name.
+    pub name: String,
+    /// Properties to set at creation (`-o k=v`).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// Create missing parents (`zfs create -p`).
+    #[serde(default)]
+    pub parents: bool,
+}
+
+/// `PATCH /v1/datasets/{name}`: properties to set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetProperties {
+    /// Properties and their new values.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Query of `DELETE /v1/datasets/{name}`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestroyDataset {
+    /// Also destroy children and snapshots (`zfs destroy -r`).
+    #[serde(default)]
+    pub recursive: bool,
+    /// Destroy even though labd did not create it.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/datasets/{name}/snapshots`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    /// Snapshot name; defaults to a UTC timestamp such as `2026-11-25T190000Z`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Snapshot every descendant in the same transaction (`zfs snapshot -r`).
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+/// `POST /v1/datasets/{name}/snapshots/{snap}/rollback`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollback {
+    /// Destroy snapshots newer than the target (`zfs rollback -r`); refused otherwise.
+    #[serde(default)]
+    pub destroy_newer: bool,
+}
+
+/// `POST /v1/datasets/{name}/snapshots/{snap}/clone`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Clone {
+    /// Name of the new dataset (short or full).
+    pub target: String,
+    /// Properties of the clone.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// `POST …/hold` and `POST …/release`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hold {
+    /// Hold tag.
+    pub tag: String,
+}
+
+/// Query of `DELETE /v1/datasets/{name}/snapshots/{snap}`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestroySnapshot {
+    /// Destroy the snapshot of the same name in every descendant too.
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+/// Query of `GET /v1/jobs/{id}`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobWait {
+    /// Wait up to this many seconds for the job to reach a final state.
+    #[serde(default)]
+    pub wait: Option<u64>,
+}
+
+/// State of a job. `Succeeded`, `Failed` and `Cancelled` are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for the resource lock.
+    Queued,
+    /// Running.
+    Running,
+    /// Finished successfully.
+    Succeeded,
+    /// Finished with an error.
+    Failed,
+    /// Stopped before completion (e.g. daemon shutdown).
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether no further transition can happen.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Who asked: the peer credentials of the API connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// Effective uid of the caller.
+    pub uid: u32,
+    /// Effective gid of the caller.
+    pub gid: u32,
+    /// Process id where the OS reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+}
+
+/// A long operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// Job id.
+    pub id: Uuid,
+    /// What it does (`dataset.create`, `snapshot.rollback`, …).
+    pub kind: String,
+    /// The resource it works on (`tank/labd/photos`).
+    pub target: String,
+    /// Current state.
+    pub state: JobState,
+    /// Progress in percent, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<u8>,
+    /// Who asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
+    /// When it was accepted.
+    pub created_at: Timestamp,
+    /// When it got its lock and started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When it reached its final state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// What it did, one line each (commands run, decisions).
+    #[serde(default)]
+    pub log: Vec<String>,
+    /// The error of a failed or cancelled job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    /// The result of a successful job (e.g. the created snapshot names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+}
+
+/// The body of every error response: `{"error": {...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorInfo,
+}
+
+/// A machine-readable error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// Stable code (`invalid_name`, `not_found`, `has_children`, …).
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+    /// The request field that broke a rule, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// One event on `GET /v1/events` (server-sent events, `event:` = `kind`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    /// Monotonic sequence number since labd started.
+    pub seq: u64,
+    /// When it happened.
+    pub time: Timestamp,
+    /// What happened (`job.started`, `dataset.created`, `snapshot.destroyed`, …).
+    pub kind: String,
+    /// The resource (`tank/labd/photos`, a job id).
+    pub resource: String,
+    /// Who caused it, for events caused by an API request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
+    /// Event details.
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
