@@ -1,5 +1,6 @@
 //! `labd`: the host daemon. See the crate docs and docs/freebsd-host.md.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("LABD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     if args.check_config {
         return match labd::config::Config::load(&args.config) {

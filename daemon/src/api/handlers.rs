@@ -169,12 +169,13 @@ pub(super) async fn get_job(
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
 }
 
-/// `GET /v1/events`: server-sent events until labd shuts down. A subscriber that lags is sent
-/// a `lagged` event and disconnected; it must re-read state.
+/// `GET /v1/events`: server-sent events until labd has stopped (after the jobs it finished
+/// while stopping and its `daemon.stopped` event). A subscriber that lags is sent a `lagged`
+/// event (`data.missed`) and disconnected; it must re-read state.
 pub(super) async fn events(
     State(s): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let mut stop = s.shutdown.clone();
+    let mut stop = s.streams_end.clone();
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
@@ -189,11 +190,20 @@ pub(super) async fn events(
                     .id(ev.seq.to_string())
                     .json_data(&ev)
                     .unwrap_or_else(|_| SseEvent::default().comment("unserializable event")),
-                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                Err(BroadcastStreamRecvError::Lagged(missed)) => {
                     *lagged = true;
+                    let ev = wire::Event {
+                        seq: 0,
+                        time: jiff::Timestamp::now(),
+                        kind: "lagged".to_owned(),
+                        resource: "events".to_owned(),
+                        actor: None,
+                        data: serde_json::json!({"missed": missed}),
+                    };
                     SseEvent::default()
                         .event("lagged")
-                        .data(format!("{n} events missed; reconnect and re-read state"))
+                        .json_data(&ev)
+                        .unwrap_or_else(|_| SseEvent::default().event("lagged"))
                 }
             };
             std::future::ready(Some(Ok(event)))

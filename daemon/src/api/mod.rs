@@ -33,7 +33,7 @@ use crate::wire::Actor;
 #[derive(Debug, Clone)]
 struct AppState {
     core: Arc<Core>,
-    shutdown: watch::Receiver<bool>,
+    streams_end: watch::Receiver<bool>,
 }
 
 /// The peer credentials of a connection.
@@ -108,19 +108,17 @@ pub fn bind(api: &ApiConfig) -> Result<UnixListener, BindError> {
     Ok(listener)
 }
 
-/// Serve the API until `shutdown` turns true: then stop accepting, end event streams, and
-/// return once open requests are answered.
+/// Serve the API. When `stop_accepting` turns true, no new connection is accepted and the call
+/// returns once open requests are answered; event streams stay open until `streams_end`
+/// turns true, so that subscribers see the jobs that finish while labd stops.
 pub async fn serve(
     listener: UnixListener,
     core: Arc<Core>,
-    shutdown: watch::Receiver<bool>,
+    stop_accepting: watch::Receiver<bool>,
+    streams_end: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let state = AppState {
-        core,
-        shutdown: shutdown.clone(),
-    };
-    let app = router(state);
-    let mut stop = shutdown;
+    let app = router(AppState { core, streams_end });
+    let mut stop = stop_accepting;
     axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -331,11 +331,11 @@ impl Core {
             let children: Vec<&str> = rows.iter().map(|r| r.name.as_str()).filter(|n| *n != ds.as_str()).collect();
             if !req.recursive && !children.is_empty() {
                 return Err(Error::refused(Refusal::HasChildren, format!(
-                    "{ds} has child datasets: {}; destroy them first or pass recursive", list(&children))));
+                    "{ds} has child datasets: {}; destroy them first, or destroy recursively (labctl: -r)", list(&children))));
             }
             if !req.force && !unmanaged.is_empty() {
                 return Err(Error::refused(Refusal::NotManaged, format!(
-                    "labd did not create {} (no local labd:managed=on); pass force to destroy anyway", list(&unmanaged))));
+                    "labd did not create {} (no local labd:managed=on); destroy with force to remove it anyway (labctl: -f)", list(&unmanaged))));
             }
             let snaps = host.zfs.snapshots(&ds, req.recursive).await?;
             let held: Vec<&str> = snaps.iter().filter(|s| s.userrefs > 0).map(|s| s.name.as_str()).collect();
@@ -345,7 +345,7 @@ impl Core {
             if !req.recursive && !snaps.is_empty() {
                 let names: Vec<&str> = snaps.iter().map(|s| s.name.as_str()).collect();
                 return Err(Error::refused(Refusal::HasSnapshots, format!(
-                    "{ds} has snapshots: {}; destroy them first or pass recursive", list(&names))));
+                    "{ds} has snapshots: {}; destroy them first, or destroy recursively (labctl: -r)", list(&names))));
             }
             host.zfs.destroy(&ds, req.recursive).await?;
             for child in &children {
@@ -470,7 +470,7 @@ impl Core {
                     return Err(Error::refused(
                         Refusal::NewerSnapshots,
                         format!(
-                            "newer snapshots exist: {}; pass destroy_newer to destroy them",
+                            "newer snapshots exist: {}; rollback destroys them only when asked (labctl: --destroy-newer)",
                             list(&newer_names)
                         ),
                     ));

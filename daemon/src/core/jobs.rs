@@ -210,12 +210,14 @@ impl Jobs {
     }
 
     fn publish(&self, kind: &str, job: &Job) {
-        let data = serde_json::json!({
+        let mut data = serde_json::json!({
             "id": job.id,
             "kind": job.kind,
             "state": job.state,
-            "error": job.error,
         });
+        if let Some(error) = &job.error {
+            data["error"] = serde_json::json!(error);
+        }
         self.events.publish(kind, &job.target, job.actor, data);
     }
 

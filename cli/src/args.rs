@@ -1,0 +1,370 @@
+//! Command-line definitions (clap derive) and the parsers of the values they take.
+//!
+//! Everything a user can type is defined and validated here, so a malformed argument is a
+//! usage error (exit status 2) before labctl connects to labd. The commands themselves live
+//! in [`crate::commands`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use uuid::Uuid;
+
+/// Socket used when neither `--socket` nor `LABD_SOCKET` is given.
+pub const DEFAULT_SOCKET: &str = "/var/run/labd.sock";
+
+/// labctl: drive labd, the lab appliance daemon.
+#[derive(Debug, Parser)]
+#[command(name = "labctl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// labd's API socket.
+    #[arg(long, global = true, env = "LABD_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// No progress spinner and no success line (errors are still printed).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns without borders (grep-friendly).
+    Table,
+    /// The API objects as pretty-printed JSON (events: one JSON object per line).
+    Json,
+    /// The API objects as YAML (events: one document per event).
+    Yaml,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show labd's version, drivers and pools.
+    Status,
+    /// Manage datasets and their snapshots.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+    /// Inspect jobs (long operations).
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// Follow labd's event stream until it ends.
+    Events,
+}
+
+/// `labctl dataset …`.
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// List the datasets under labd's root.
+    List,
+    /// Create a dataset.
+    Create {
+        /// Dataset name (short, relative to labd's root, or full).
+        name: String,
+        /// Set a property at creation (repeatable).
+        #[arg(short = 'o', value_name = "PROP=VALUE", value_parser = parse_assignment)]
+        properties: Vec<Assignment>,
+        /// Create missing parent datasets.
+        #[arg(short, long)]
+        parents: bool,
+    },
+    /// Show every property of a dataset with its source.
+    Get {
+        /// Dataset name.
+        name: String,
+    },
+    /// Set properties of a dataset.
+    Set {
+        /// Dataset name.
+        name: String,
+        /// Properties to set.
+        #[arg(required = true, value_name = "PROP=VALUE", value_parser = parse_assignment)]
+        properties: Vec<Assignment>,
+    },
+    /// Destroy a dataset, or a snapshot when NAME contains '@'.
+    Destroy {
+        /// Dataset name, or NAME@SNAP for a snapshot.
+        #[arg(value_parser = parse_destroy_target)]
+        name: DestroyTarget,
+        /// Also destroy children and snapshots (for a snapshot: the same-named snapshot of
+        /// every descendant).
+        #[arg(short, long)]
+        recursive: bool,
+        /// Destroy even though labd did not create it (datasets only).
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Take a snapshot.
+    Snapshot {
+        /// Dataset name (NAME@SNAP names the snapshot too).
+        name: String,
+        /// Snapshot every descendant in the same transaction.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Snapshot name (default: labd picks a UTC timestamp).
+        #[arg(long = "name", value_name = "SNAP")]
+        snapshot: Option<String>,
+    },
+    /// List the snapshots of a dataset.
+    Snapshots {
+        /// Dataset name.
+        name: String,
+    },
+    /// Roll a dataset back to a snapshot.
+    Rollback {
+        /// The snapshot.
+        #[arg(value_name = "NAME@SNAP", value_parser = parse_snapshot_ref)]
+        snapshot: SnapshotRef,
+        /// Destroy the snapshots newer than SNAP (refused otherwise).
+        #[arg(long)]
+        destroy_newer: bool,
+    },
+    /// Clone a snapshot into a new dataset.
+    Clone {
+        /// The snapshot.
+        #[arg(value_name = "NAME@SNAP", value_parser = parse_snapshot_ref)]
+        snapshot: SnapshotRef,
+        /// Name of the new dataset.
+        target: String,
+        /// Set a property of the clone (repeatable).
+        #[arg(short = 'o', value_name = "PROP=VALUE", value_parser = parse_assignment)]
+        properties: Vec<Assignment>,
+    },
+    /// Place a user hold on a snapshot (a held snapshot cannot be destroyed).
+    Hold {
+        /// The snapshot.
+        #[arg(value_name = "NAME@SNAP", value_parser = parse_snapshot_ref)]
+        snapshot: SnapshotRef,
+        /// Hold tag.
+        tag: String,
+    },
+    /// Release a user hold.
+    Release {
+        /// The snapshot.
+        #[arg(value_name = "NAME@SNAP", value_parser = parse_snapshot_ref)]
+        snapshot: SnapshotRef,
+        /// Hold tag.
+        tag: String,
+    },
+}
+
+/// `labctl job …`.
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// List the jobs labd knows, newest first.
+    List,
+    /// Show one job with its log.
+    Show(JobShow),
+}
+
+/// `labctl job show ID`.
+#[derive(Debug, Args)]
+pub struct JobShow {
+    /// Job id.
+    pub id: Uuid,
+}
+
+/// One `PROP=VALUE` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// Property name.
+    pub property: String,
+    /// Its value (may be empty).
+    pub value: String,
+}
+
+/// `NAME@SNAP`: a dataset and the name of one of its snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRef {
+    /// Dataset name (short or full).
+    pub dataset: String,
+    /// Snapshot part, after the '@'.
+    pub snapshot: String,
+}
+
+impl fmt::Display for SnapshotRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.dataset, self.snapshot)
+    }
+}
+
+/// What `dataset destroy` destroys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DestroyTarget {
+    /// A dataset.
+    Dataset(String),
+    /// A snapshot (the argument contained '@').
+    Snapshot(SnapshotRef),
+}
+
+/// Parse `PROP=VALUE`, split at the first '='.
+pub fn parse_assignment(arg: &str) -> Result<Assignment, String> {
+    match arg.split_once('=') {
+        Some(("", _)) => Err(format!("'{arg}' has no property name before '='")),
+        Some((property, value)) => Ok(Assignment {
+            property: property.to_owned(),
+            value: value.to_owned(),
+        }),
+        None => Err(format!("'{arg}' is not PROP=VALUE (no '=')")),
+    }
+}
+
+/// Parse `NAME@SNAP` with exactly one '@' and both parts non-empty.
+pub fn parse_snapshot_ref(arg: &str) -> Result<SnapshotRef, String> {
+    let mut parts = arg.split('@');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(dataset), Some(snapshot), None) if !dataset.is_empty() && !snapshot.is_empty() => {
+            Ok(SnapshotRef {
+                dataset: dataset.to_owned(),
+                snapshot: snapshot.to_owned(),
+            })
+        }
+        (_, None, _) => Err(format!("'{arg}' is not NAME@SNAP (no '@')")),
+        (_, Some(_), Some(_)) => Err(format!("'{arg}' has more than one '@'")),
+        _ => Err(format!("'{arg}' is not NAME@SNAP (empty name or snapshot)")),
+    }
+}
+
+/// Parse the argument of `dataset destroy`: a snapshot when it contains '@'.
+pub fn parse_destroy_target(arg: &str) -> Result<DestroyTarget, String> {
+    if arg.contains('@') {
+        parse_snapshot_ref(arg).map(DestroyTarget::Snapshot)
+    } else if arg.is_empty() {
+        Err("empty dataset name".to_owned())
+    } else {
+        Ok(DestroyTarget::Dataset(arg.to_owned()))
+    }
+}
+
+/// Turn assignments into the property map of a request; naming a property twice is a usage
+/// error (of the subcommand at `path`) rather than a silent "last one wins".
+pub fn property_map(
+    path: &[&str],
+    assignments: &[Assignment],
+) -> Result<BTreeMap<String, String>, clap::Error> {
+    let mut map = BTreeMap::new();
+    for a in assignments {
+        if map.insert(a.property.clone(), a.value.clone()).is_some() {
+            return Err(usage_error(
+                path,
+                ErrorKind::ArgumentConflict,
+                format!("property '{}' is given more than once", a.property),
+            ));
+        }
+    }
+    Ok(map)
+}
+
+/// A usage error found after parsing, printed like clap's own with the usage of the
+/// subcommand at `path` (e.g. `["dataset", "destroy"]`); exit status 2.
+pub fn usage_error(path: &[&str], kind: ErrorKind, message: impl fmt::Display) -> clap::Error {
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut sub = &cmd;
+    for name in path {
+        match sub.find_subcommand(name) {
+            Some(next) => sub = next,
+            None => break,
+        }
+    }
+    sub.clone().error(kind, message)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn assignment_splits_at_the_first_equals() {
+        let a = parse_assignment("quota=10G").unwrap();
+        assert_eq!((a.property.as_str(), a.value.as_str()), ("quota", "10G"));
+        let a = parse_assignment("labd:note=a=b").unwrap();
+        assert_eq!(
+            (a.property.as_str(), a.value.as_str()),
+            ("labd:note", "a=b")
+        );
+        let a = parse_assignment("comment=").unwrap();
+        assert_eq!(a.value, "");
+    }
+
+    #[test]
+    fn assignment_needs_a_name_and_an_equals() {
+        assert!(parse_assignment("quota").unwrap_err().contains("'quota'"));
+        assert!(parse_assignment("=on").is_err());
+        assert!(parse_assignment("").is_err());
+    }
+
+    #[test]
+    fn snapshot_ref_needs_exactly_one_at() {
+        let s = parse_snapshot_ref("tank/labd/photos@s1").unwrap();
+        assert_eq!(s.dataset, "tank/labd/photos");
+        assert_eq!(s.snapshot, "s1");
+        assert_eq!(s.to_string(), "tank/labd/photos@s1");
+        assert!(parse_snapshot_ref("photos").unwrap_err().contains("no '@'"));
+        assert!(
+            parse_snapshot_ref("a@b@c")
+                .unwrap_err()
+                .contains("more than one")
+        );
+        assert!(parse_snapshot_ref("@s1").is_err());
+        assert!(parse_snapshot_ref("photos@").is_err());
+    }
+
+    #[test]
+    fn destroy_target_is_a_snapshot_with_an_at() {
+        assert_eq!(
+            parse_destroy_target("photos").unwrap(),
+            DestroyTarget::Dataset("photos".into())
+        );
+        assert!(matches!(
+            parse_destroy_target("photos@s1").unwrap(),
+            DestroyTarget::Snapshot(s) if s.snapshot == "s1"
+        ));
+        assert!(parse_destroy_target("a@b@c").is_err());
+    }
+
+    #[test]
+    fn duplicate_properties_are_refused() {
+        let a = parse_assignment("quota=1G").unwrap();
+        let b = parse_assignment("quota=2G").unwrap();
+        assert!(property_map(&[], std::slice::from_ref(&a)).is_ok());
+        let err = property_map(&["dataset", "create"], &[a, b]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("labctl dataset create"), "{err}");
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn usage_errors_exit_with_2() {
+        let err = Cli::try_parse_from(["labctl", "dataset", "set", "photos", "quota"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = Cli::try_parse_from(["labctl", "dataset", "rollback", "a@b@c"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_command() {
+        let cli =
+            Cli::try_parse_from(["labctl", "dataset", "list", "--output", "json", "-q"]).unwrap();
+        assert_eq!(cli.output, OutputFormat::Json);
+        assert!(cli.quiet);
+        let cli = Cli::try_parse_from(["labctl", "--socket", "/tmp/x.sock", "status"]).unwrap();
+        assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
+    }
+}

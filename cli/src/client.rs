@@ -1,0 +1,375 @@
+//! HTTP/JSON client of labd's API over its Unix socket.
+//!
+//! One [`reqwest::Client`] is bound to the socket with `ClientBuilder::unix_socket`; URLs use
+//! the placeholder host `labd`. Every answer is decoded into a `labd::wire` type or turned
+//! into a [`ClientError`]: labd's own error body becomes [`ClientError::Api`] so the caller
+//! prints labd's message, field and code as they are.
+
+use std::error::Error as _;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use labd::wire::{ErrorBody, ErrorInfo};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Base URL of every request; the host is a placeholder since the socket is fixed.
+const BASE_URL: &str = "http://labd";
+
+/// Longest wait for an ordinary answer. labd answers `?wait=1` polls within about a second
+/// and runs long work as jobs, so only a stuck daemon hits this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answers on the socket.
+    #[error("cannot reach labd at {}: {cause}", socket.display())]
+    Connect {
+        /// The socket path.
+        socket: PathBuf,
+        /// The innermost cause (`No such file or directory`, `Connection refused`, …).
+        cause: String,
+    },
+    /// labd answered with its error body.
+    #[error("{}", api_message(.0))]
+    Api(ErrorInfo),
+    /// labd (or something on the socket) answered an error without labd's error body.
+    #[error("labd answered {status}{}", body_suffix(body))]
+    Status {
+        /// HTTP status.
+        status: StatusCode,
+        /// The body as text (possibly empty).
+        body: String,
+    },
+    /// A successful answer that is not the expected JSON.
+    #[error("unexpected answer to {method} {path}")]
+    Decode {
+        /// Request method.
+        method: Method,
+        /// Request path.
+        path: String,
+        /// The decoding error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Any other transport failure (timeout, connection reset, …).
+    #[error("request {method} {path} failed: {cause}")]
+    Transport {
+        /// Request method.
+        method: Method,
+        /// Request path.
+        path: String,
+        /// The innermost cause.
+        cause: String,
+    },
+}
+
+fn api_message(info: &ErrorInfo) -> String {
+    let mut s = info.message.clone();
+    if let Some(field) = &info.field {
+        s.push_str(&format!(" (field: {field})"));
+    }
+    s.push_str(&format!(" [{}]", info.code));
+    s
+}
+
+fn body_suffix(body: &str) -> String {
+    let body = body.trim();
+    if body.is_empty() {
+        String::new()
+    } else {
+        format!(": {body}")
+    }
+}
+
+/// The innermost message of an error chain: reqwest wraps the interesting `io::Error` in
+/// several layers whose messages only repeat the URL.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// Whether a transport error means nobody accepted the connection.
+fn is_connect_error(e: &reqwest::Error) -> bool {
+    if e.is_connect() {
+        return true;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = e.source();
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::NotFound
+                    | io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::PermissionDenied
+            );
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Percent-encode one path segment: everything but `A-Z a-z 0-9 - . _ ~ :` is encoded, so a
+/// dataset name's '/' becomes `%2F` and stays inside its segment.
+pub fn encode_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A client of one labd.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    socket: PathBuf,
+}
+
+impl Client {
+    /// A client talking to the socket at `socket` (nothing is connected yet).
+    pub fn new(socket: &Path) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .unix_socket(socket)
+            .user_agent(concat!("labctl/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot set up the HTTP client: {}", root_cause(&e)))?;
+        Ok(Self {
+            http,
+            socket: socket.to_owned(),
+        })
+    }
+
+    /// `GET path`, decoded.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self
+            .send(self.request(Method::GET, path), Method::GET, path)
+            .await?;
+        decode(resp, Method::GET, path).await
+    }
+
+    /// `POST path` with a JSON body, decoded.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let req = self.request(Method::POST, path).json(body);
+        let resp = self.send(req, Method::POST, path).await?;
+        decode(resp, Method::POST, path).await
+    }
+
+    /// `PATCH path` with a JSON body, decoded.
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let req = self.request(Method::PATCH, path).json(body);
+        let resp = self.send(req, Method::PATCH, path).await?;
+        decode(resp, Method::PATCH, path).await
+    }
+
+    /// `DELETE path` (the query is part of `path`), decoded.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self
+            .send(self.request(Method::DELETE, path), Method::DELETE, path)
+            .await?;
+        decode(resp, Method::DELETE, path).await
+    }
+
+    /// `GET path` without a timeout, for a streaming answer (server-sent events). Error
+    /// statuses are turned into errors; the caller reads the body with `Response::chunk`.
+    pub async fn stream(&self, path: &str) -> Result<Response, ClientError> {
+        let req = self
+            .http
+            .get(format!("{BASE_URL}{path}"))
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        self.send(req, Method::GET, path).await
+    }
+
+    /// The error of a failed read from a streaming answer.
+    pub fn stream_error(&self, path: &str, e: &reqwest::Error) -> ClientError {
+        self.transport_error(Method::GET, path, e)
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{BASE_URL}{path}"))
+            .timeout(REQUEST_TIMEOUT)
+    }
+
+    /// Send, and turn error statuses into [`ClientError::Api`] or [`ClientError::Status`].
+    async fn send(
+        &self,
+        req: RequestBuilder,
+        method: Method,
+        path: &str,
+    ) -> Result<Response, ClientError> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.transport_error(method.clone(), path, &e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(method, path, &e))?;
+        Err(match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(b) => ClientError::Api(b.error),
+            Err(_) => ClientError::Status {
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            },
+        })
+    }
+
+    fn transport_error(&self, method: Method, path: &str, e: &reqwest::Error) -> ClientError {
+        if is_connect_error(e) {
+            ClientError::Connect {
+                socket: self.socket.clone(),
+                cause: root_cause(e),
+            }
+        } else {
+            let cause = if e.is_timeout() {
+                "timed out".to_owned()
+            } else {
+                root_cause(e)
+            };
+            ClientError::Transport {
+                method,
+                path: path.to_owned(),
+                cause,
+            }
+        }
+    }
+}
+
+async fn decode<T: DeserializeOwned>(
+    resp: Response,
+    method: Method,
+    path: &str,
+) -> Result<T, ClientError> {
+    let body = resp.bytes().await.map_err(|e| ClientError::Transport {
+        method: method.clone(),
+        path: path.to_owned(),
+        cause: root_cause(&e),
+    })?;
+    serde_json::from_slice(&body).map_err(|source| ClientError::Decode {
+        method,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Path of a dataset: `/v1/datasets/{name}` with the name encoded.
+pub fn dataset_path(name: &str) -> String {
+    format!("/v1/datasets/{}", encode_segment(name))
+}
+
+/// Path of a snapshot: `/v1/datasets/{name}/snapshots/{snap}`.
+pub fn snapshot_path(dataset: &str, snapshot: &str) -> String {
+    format!(
+        "{}/snapshots/{}",
+        dataset_path(dataset),
+        encode_segment(snapshot)
+    )
+}
+
+/// A query string from the flags that are set, e.g. `?recursive=true&force=true`; empty when
+/// none is.
+pub fn flags_query(flags: &[(&str, bool)]) -> String {
+    let set: Vec<String> = flags
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| format!("{name}=true"))
+        .collect();
+    if set.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", set.join("&"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn slashes_are_encoded_inside_the_segment() {
+        assert_eq!(encode_segment("photos"), "photos");
+        assert_eq!(encode_segment("tank/labd/photos"), "tank%2Flabd%2Fphotos");
+        assert_eq!(encode_segment("a-b_c.d:e"), "a-b_c.d:e");
+        assert_eq!(encode_segment("a b@c%"), "a%20b%40c%25");
+        assert_eq!(encode_segment("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn paths_of_datasets_and_snapshots() {
+        assert_eq!(dataset_path("tank/labd/a"), "/v1/datasets/tank%2Flabd%2Fa");
+        assert_eq!(
+            snapshot_path("tank/labd/a", "2026-11-25T190000Z"),
+            "/v1/datasets/tank%2Flabd%2Fa/snapshots/2026-11-25T190000Z"
+        );
+    }
+
+    #[test]
+    fn query_holds_only_the_flags_set() {
+        assert_eq!(flags_query(&[("recursive", false), ("force", false)]), "");
+        assert_eq!(
+            flags_query(&[("recursive", true), ("force", false)]),
+            "?recursive=true"
+        );
+        assert_eq!(
+            flags_query(&[("recursive", true), ("force", true)]),
+            "?recursive=true&force=true"
+        );
+    }
+
+    #[test]
+    fn api_errors_read_like_labd_wrote_them() {
+        let e = ClientError::Api(ErrorInfo {
+            code: "invalid_name".into(),
+            message: "bad name 'x y'".into(),
+            field: Some("name".into()),
+        });
+        assert_eq!(e.to_string(), "bad name 'x y' (field: name) [invalid_name]");
+        let e = ClientError::Api(ErrorInfo {
+            code: "not_found".into(),
+            message: "no job".into(),
+            field: None,
+        });
+        assert_eq!(e.to_string(), "no job [not_found]");
+        let e = ClientError::Status {
+            status: StatusCode::BAD_GATEWAY,
+            body: "oops\n".into(),
+        };
+        assert_eq!(e.to_string(), "labd answered 502 Bad Gateway: oops");
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_a_connect_error() {
+        let client = Client::new(Path::new("/nonexistent/labctl-test.sock")).unwrap();
+        let err = client.get::<serde_json::Value>("/v1").await.unwrap_err();
+        assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot reach labd at /nonexistent/labctl-test.sock: ")
+        );
+    }
+}

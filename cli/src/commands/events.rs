@@ -1,0 +1,116 @@
+//! `labctl events`: follow `GET /v1/events` (server-sent events) and print each event as it
+//! arrives, until labd ends the stream.
+//!
+//! labd disconnects a subscriber that falls behind after sending it a `lagged` event; labctl
+//! then fails (exit 1), since the events it printed are incomplete.
+
+use labd::wire::Event;
+
+use super::Ctx;
+use crate::args::OutputFormat;
+use crate::output;
+use crate::sse::{SseMessage, SseParser};
+
+const PATH: &str = "/v1/events";
+
+/// Events were missed: labd said so with a `lagged` event.
+#[derive(Debug, thiserror::Error)]
+#[error("event stream lagged: {0}")]
+struct Lagged(String);
+
+/// Run `labctl events`.
+pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
+    let mut resp = ctx.client.stream(PATH).await?;
+    let mut parser = SseParser::new();
+    loop {
+        let chunk = match resp.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(ctx.client.stream_error(PATH, &e).into()),
+        };
+        for msg in parser.push(&chunk) {
+            handle(ctx.format, &msg)?;
+        }
+    }
+}
+
+fn handle(format: OutputFormat, msg: &SseMessage) -> anyhow::Result<()> {
+    if msg.event == "lagged" {
+        return Err(Lagged(msg.data.clone()).into());
+    }
+    let event: Event = match serde_json::from_str(&msg.data) {
+        Ok(event) => event,
+        Err(e) => {
+            output::write_stderr(&format!(
+                "labctl: skipping an undecodable '{}' event: {e}",
+                msg.event
+            ));
+            return Ok(());
+        }
+    };
+    let text = match format {
+        OutputFormat::Table => line(&event),
+        OutputFormat::Json => serde_json::to_string(&event)?,
+        OutputFormat::Yaml => format!("---\n{}", output::yaml(&event)?),
+    };
+    output::write_stdout(&text)?;
+    Ok(())
+}
+
+/// `<time> <kind> <resource> [uid=N] <data as compact JSON>`.
+fn line(e: &Event) -> String {
+    let mut s = format!("{} {} {}", output::time(e.time), e.kind, e.resource);
+    if let Some(a) = &e.actor {
+        s.push_str(&format!(" uid={}", a.uid));
+    }
+    s.push(' ');
+    s.push_str(&e.data.to_string());
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn event(actor: bool) -> Event {
+        let mut v = serde_json::json!({
+            "seq": 3,
+            "time": "2026-11-25T19:00:00.25Z",
+            "kind": "dataset.created",
+            "resource": "tank/labd/photos",
+            "data": {"properties": {"quota": "1G"}},
+        });
+        if actor {
+            v["actor"] = serde_json::json!({"uid": 1001, "gid": 1001});
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn table_line_has_time_kind_resource_uid_and_data() {
+        assert_eq!(
+            line(&event(true)),
+            r#"2026-11-25T19:00:00Z dataset.created tank/labd/photos uid=1001 {"properties":{"quota":"1G"}}"#
+        );
+        assert_eq!(
+            line(&event(false)),
+            r#"2026-11-25T19:00:00Z dataset.created tank/labd/photos {"properties":{"quota":"1G"}}"#
+        );
+    }
+
+    #[test]
+    fn lagged_is_an_error() {
+        let msg = SseMessage {
+            event: "lagged".into(),
+            id: None,
+            data: "5 events missed; reconnect and re-read state".into(),
+        };
+        let err = handle(OutputFormat::Table, &msg).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "event stream lagged: 5 events missed; reconnect and re-read state"
+        );
+    }
+}

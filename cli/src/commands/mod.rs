@@ -1,0 +1,47 @@
+//! The commands: one module per command group, each turning parsed arguments into API calls
+//! and printing the answers through [`crate::output`].
+
+mod dataset;
+mod events;
+mod job;
+mod status;
+
+use crate::args::{Cli, Command, OutputFormat};
+use crate::client::Client;
+use crate::jobs::Report;
+
+/// What every command needs: the client and the output options.
+#[derive(Debug)]
+pub struct Ctx {
+    /// The API client.
+    pub client: Client,
+    /// Output format.
+    pub format: OutputFormat,
+    /// `-q`.
+    pub quiet: bool,
+}
+
+impl Ctx {
+    /// How mutations report their jobs.
+    pub fn report(&self) -> Report {
+        Report {
+            format: self.format,
+            quiet: self.quiet,
+        }
+    }
+}
+
+/// Run the command `cli` names.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Ctx {
+        client: Client::new(&cli.socket)?,
+        format: cli.output,
+        quiet: cli.quiet,
+    };
+    match cli.command {
+        Command::Status => status::run(&ctx).await,
+        Command::Dataset(cmd) => dataset::run(&ctx, cmd).await,
+        Command::Job(cmd) => job::run(&ctx, cmd).await,
+        Command::Events => events::run(&ctx).await,
+    }
+}

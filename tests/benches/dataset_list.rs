@@ -1,0 +1,84 @@
+//! Benchmark: `labctl --output json dataset list` against `zfs list -H -o
+//! name,used,avail,refer,mountpoint` on the same 1,000 datasets of a zfs-fuse pool, measured
+//! in the same run. Prints the medians and their ratio (target: <= 1.5).
+//!
+//! Run as root with zfs-fuse up: `cargo bench -p labd-e2e --bench dataset_list`
+//! (`DATASETS=N` changes the count).
+
+use std::time::{Duration, Instant};
+
+use labd_e2e::{Lab, LabOptions, run};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let count: usize = std::env::var("DATASETS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let lab = Lab::start_with(LabOptions {
+        pool_mib: 1024,
+        ..LabOptions::default()
+    });
+    let started = Instant::now();
+    for i in 0..count {
+        let parent = lab.ds(&format!("g{}", i / 100));
+        if i % 100 == 0 {
+            // Unmounted: the listing is what is measured, and zfs-fuse holds one file
+            // descriptor per mount.
+            run("zfs", &["create", "-o", "mountpoint=none", &parent]).ok();
+        }
+        run("zfs", &["create", &format!("{parent}/d{i}")]).ok();
+    }
+    eprintln!("created {count} datasets in {:?}", started.elapsed());
+
+    let labctl = || {
+        let t = Instant::now();
+        let out = lab.labctl(&["--output", "json", "dataset", "list"]).ok();
+        let elapsed = t.elapsed();
+        let n = out.json().as_array().map_or(0, Vec::len);
+        assert!(n > count, "labctl listed {n} datasets");
+        elapsed
+    };
+    let zfs = || {
+        let t = Instant::now();
+        let out = run(
+            "zfs",
+            &[
+                "list",
+                "-H",
+                "-o",
+                "name,used,avail,refer,mountpoint",
+                "-r",
+                &lab.root,
+            ],
+        )
+        .ok();
+        let elapsed = t.elapsed();
+        assert!(out.stdout.lines().count() > count);
+        elapsed
+    };
+    // Warm both, then interleave so that noise hits both alike.
+    labctl();
+    zfs();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        a.push(labctl());
+        b.push(zfs());
+    }
+    let (a, b) = (median(a), median(b));
+    let ratio = a.as_secs_f64() / b.as_secs_f64();
+    println!("datasets: {count}");
+    println!(
+        "labctl --output json dataset list: {:.1} ms (median of 7)",
+        a.as_secs_f64() * 1e3
+    );
+    println!(
+        "zfs list -H -o name,used,avail,refer,mountpoint: {:.1} ms (median of 7)",
+        b.as_secs_f64() * 1e3
+    );
+    println!("ratio labctl/zfs: {ratio:.2} (target <= 1.5)");
+}

@@ -1,0 +1,434 @@
+//! Harness of the end-to-end tests: each [`Lab`] is a fresh file-backed zfs-fuse pool with a
+//! root dataset, a real `labd` serving its own socket on it, and helpers to run the real
+//! `labctl` and `zfs` against it. Everything is removed on drop, also when a test fails.
+//!
+//! Needs root, a running zfs-fuse (`tests/env/install.sh` sets it up) and the workspace's
+//! binaries built (`cargo build --workspace --bins`; `tests/env/run-tests.sh` does both).
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Prefix of every pool the tests create; leftovers of dead test runs are swept by it.
+pub const POOL_PREFIX: &str = "labdt";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Serializes pool creation and destruction: zfs-fuse has been seen to wedge (every later
+/// request blocks in the kernel) when pools are created or destroyed concurrently.
+static POOL_LOCK: Mutex<()> = Mutex::new(());
+
+fn pool_lock() -> MutexGuard<'static, ()> {
+    POOL_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Longest time a pool-level command may take before the harness gives up on zfs-fuse.
+const POOL_CMD_TIMEOUT: &str = "120";
+
+/// The directory holding the workspace's built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/e2e-HASH -> target/debug
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    for bin in ["labd", "labctl"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{} is missing: run `cargo build --workspace --bins` first",
+            dir.join(bin).display()
+        );
+    }
+    dir
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug)]
+pub struct Out {
+    /// Exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Out {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Panic with the output unless the command exited 0.
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "command failed:\n{self:#?}");
+        self
+    }
+
+    /// Panic unless the command exited with `code`.
+    #[track_caller]
+    pub fn code(self, code: i32) -> Self {
+        assert_eq!(self.code, code, "unexpected exit code:\n{self:#?}");
+        self
+    }
+
+    /// Parse stdout as JSON.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// Run a program to completion.
+pub fn run(program: &str, args: &[&str]) -> Out {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    Out::from(out)
+}
+
+/// Destroy pools left by test runs whose process is gone.
+fn sweep_stale_pools() {
+    let out = run("zpool", &["list", "-H", "-o", "name"]);
+    for pool in out.stdout.lines() {
+        let Some(rest) = pool.strip_prefix(&format!("{POOL_PREFIX}_")) else {
+            continue;
+        };
+        let pid = rest.split('_').next().and_then(|p| p.parse::<i32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = run(
+                "timeout",
+                &[POOL_CMD_TIMEOUT, "zpool", "destroy", "-f", pool],
+            );
+        }
+    }
+}
+
+/// Options of a lab.
+#[derive(Debug, Clone, Default)]
+pub struct LabOptions {
+    /// Extra lines appended to the `[zfs]` table.
+    pub zfs_extra: String,
+    /// The `[daemon]` table's lines.
+    pub daemon_extra: String,
+    /// Pool size in MiB (default 256).
+    pub pool_mib: u64,
+}
+
+/// A pool, a root dataset and a labd serving them.
+#[derive(Debug)]
+pub struct Lab {
+    /// Pool name.
+    pub pool: String,
+    /// Root dataset labd manages (`<pool>/labd`).
+    pub root: String,
+    /// Scratch directory (pool image, config, socket, mountpoints).
+    pub dir: PathBuf,
+    /// labd's socket.
+    pub socket: PathBuf,
+    /// labd's configuration file.
+    pub config: PathBuf,
+    bins: PathBuf,
+    labd: Option<Child>,
+}
+
+impl Lab {
+    /// A lab with default options.
+    pub fn start() -> Self {
+        Self::start_with(LabOptions::default())
+    }
+
+    /// A lab with options.
+    pub fn start_with(opts: LabOptions) -> Self {
+        let bins = bin_dir();
+        let guard = pool_lock();
+        sweep_stale_pools();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let pool = format!("{POOL_PREFIX}_{}_{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&pool);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("scratch dir");
+        let image = dir.join("pool.img");
+        let size = if opts.pool_mib == 0 {
+            256
+        } else {
+            opts.pool_mib
+        };
+        fs::File::create(&image)
+            .and_then(|f| f.set_len(size << 20))
+            .expect("pool image");
+        let mnt = dir.join("mnt");
+        let image_s = image.display().to_string();
+        let mnt_s = mnt.display().to_string();
+        let t = POOL_CMD_TIMEOUT;
+        run(
+            "timeout",
+            &[t, "zpool", "create", "-m", &mnt_s, &pool, &image_s],
+        )
+        .ok();
+        let root = format!("{pool}/labd");
+        run("timeout", &[t, "zfs", "create", &root]).ok();
+        drop(guard);
+        let socket = dir.join("labd.sock");
+        let config = dir.join("labd.toml");
+        let mut lab = Self {
+            pool,
+            root,
+            dir,
+            socket,
+            config,
+            bins,
+            labd: None,
+        };
+        lab.write_config(&lab.root.clone(), &opts);
+        lab.spawn_labd();
+        lab
+    }
+
+    /// Write labd's configuration with `root`.
+    pub fn write_config(&self, root: &str, opts: &LabOptions) {
+        let text = format!(
+            "[api]\nsocket = \"{}\"\n\n[zfs]\nroot = \"{root}\"\n{}\n\n[daemon]\n{}\n",
+            self.socket.display(),
+            opts.zfs_extra,
+            opts.daemon_extra
+        );
+        fs::write(&self.config, text).expect("config");
+    }
+
+    /// Start labd and wait until it answers.
+    pub fn spawn_labd(&mut self) {
+        let log = fs::File::create(self.dir.join("labd.log")).expect("log file");
+        let child = Command::new(self.bins.join("labd"))
+            .arg("--config")
+            .arg(&self.config)
+            .env("LABD_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn labd");
+        self.labd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.labd.as_mut().map(Child::try_wait) {
+                panic!("labd exited with {status}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("labd did not come up:\n{}", self.log());
+    }
+
+    /// labd's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("labd.log")).unwrap_or_default()
+    }
+
+    /// labd's pid.
+    pub fn labd_pid(&self) -> i32 {
+        let id = self.labd.as_ref().expect("labd running").id();
+        i32::try_from(id).expect("pid fits")
+    }
+
+    /// Send a signal to labd.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.labd_pid()), sig).expect("kill");
+    }
+
+    /// Wait for labd to exit and return its exit code.
+    pub fn wait_labd(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.labd.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.labd = None;
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// A `labctl` command on this lab's socket.
+    pub fn labctl_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.bins.join("labctl"));
+        cmd.arg("--socket").arg(&self.socket).args(args);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Run `labctl` to completion.
+    pub fn labctl(&self, args: &[&str]) -> Out {
+        Out::from(self.labctl_cmd(args).output().expect("run labctl"))
+    }
+
+    /// Run `zfs`.
+    pub fn zfs(&self, args: &[&str]) -> Out {
+        run("zfs", args)
+    }
+
+    /// Full name of a dataset below the root.
+    pub fn ds(&self, short: &str) -> String {
+        format!("{}/{short}", self.root)
+    }
+
+    /// Every dataset and snapshot of the pool, sorted: the host's state, to compare before and
+    /// after a refused request.
+    pub fn inventory(&self) -> Vec<String> {
+        let out = self
+            .zfs(&["list", "-H", "-t", "all", "-o", "name", "-r", &self.pool])
+            .ok();
+        let mut names: Vec<String> = out.stdout.lines().map(str::to_owned).collect();
+        names.sort();
+        names
+    }
+
+    /// Whether a dataset or snapshot exists, according to `zfs list`.
+    pub fn exists(&self, name: &str) -> bool {
+        self.zfs(&["list", "-H", "-t", "all", "-o", "name", name])
+            .code
+            == 0
+    }
+
+    /// A property's value (`zfs get -Hp -o value`).
+    pub fn prop(&self, name: &str, property: &str) -> String {
+        self.zfs(&["get", "-Hp", "-o", "value", property, name])
+            .ok()
+            .stdout
+            .trim_end()
+            .to_owned()
+    }
+
+    /// A property's source column.
+    pub fn source(&self, name: &str, property: &str) -> String {
+        self.zfs(&["get", "-H", "-o", "source", property, name])
+            .ok()
+            .stdout
+            .trim_end()
+            .to_owned()
+    }
+
+    /// Follow `labctl --output json events` in the background.
+    pub fn events(&self) -> EventStream {
+        let mut child = self
+            .labctl_cmd(&["--output", "json", "events"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("labctl events");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && tx.send(v).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        // Let the subscription reach labd before the caller acts.
+        std::thread::sleep(Duration::from_millis(300));
+        EventStream { child, rx }
+    }
+
+    /// Write a wrapper around the real `zfs` that sleeps `seconds` before running the
+    /// subcommand `slow_cmd`, and return its path (for `[zfs] zfs = ...`). The zfs command it
+    /// then runs is the real one.
+    pub fn slow_zfs(dir: &Path, slow_cmd: &str, seconds: u32) -> PathBuf {
+        let path = dir.join(format!("slow-zfs-{slow_cmd}"));
+        let script = format!(
+            "#!/bin/sh\nif [ \"$1\" = \"{slow_cmd}\" ]; then sleep {seconds}; fi\nexec zfs \"$@\"\n"
+        );
+        fs::write(&path, script).expect("wrapper");
+        let _ = run("chmod", &["755", &path.display().to_string()]);
+        path
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.labd.take() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // zfs-fuse sometimes reports busy right after activity: retry.
+        let _guard = pool_lock();
+        for _ in 0..10 {
+            if run(
+                "timeout",
+                &[POOL_CMD_TIMEOUT, "zpool", "destroy", "-f", &self.pool],
+            )
+            .code
+                == 0
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Events received by a background `labctl events`.
+#[derive(Debug)]
+pub struct EventStream {
+    child: Child,
+    rx: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl EventStream {
+    /// Wait for an event matching `pred`, returning it; events before it are consumed.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.rx.recv_timeout(left) {
+                Ok(v) if pred(&v) => return Some(v),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real labd and labctl on real zfs-fuse pools, one pool per test.
+//! Outcomes are checked with `zfs` itself. Run as root via `tests/env/run-tests.sh`.
+
+// Integration tests live at the top of their own crate, not in a `mod tests`.
+#![allow(clippy::tests_outside_test_module)]
+
+mod daemon;
+mod datasets;
+mod refusals;
