@@ -23,7 +23,6 @@ use crate::core::{Core, Host};
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
     let socket = config.api.socket.clone();
-    let grace = config.daemon.shutdown_grace;
     let host = Host::build(config.clone()).await?;
     let core = Arc::new(Core::new(host));
     let listener = api::bind(&config.api)?;
@@ -48,6 +47,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         }
     }
 
+    let grace = core.host().config.daemon.shutdown_grace;
     tracing::info!(
         grace_ms = grace.as_millis(),
         "stopping: no new connections, finishing jobs"

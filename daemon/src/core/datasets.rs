@@ -133,14 +133,37 @@ fn list(names: &[&str]) -> String {
 }
 
 impl Core {
+    /// A name whose first component is another pool is a full name outside the root: it is
+    /// refused rather than taken as a short name.
+    fn refuse_other_pool(&self, field: &str, input: &str) -> Result<(), Error> {
+        let host = self.host();
+        let root = &host.config.zfs.root;
+        let first = input.split(['/', '@']).next().unwrap_or_default();
+        if first == root.pool() || !host.pools.iter().any(|p| p == first) {
+            return Ok(());
+        }
+        Err(Error::Invalid {
+            field: field.to_owned(),
+            code: names::NameRule::OutsideRoot.code(),
+            message: format!(
+                "'{input}' is in pool '{first}', outside labd's root {root}; \
+                 a dataset below the root is named {root}/{input}"
+            ),
+        })
+    }
+
+    /// Resolve a user's dataset name under the root.
     fn resolve(&self, field: &str, input: &str) -> Result<DatasetName, Error> {
+        self.refuse_other_pool(field, input)?;
         names::resolve_dataset(&self.host().config.zfs.root, input)
             .map_err(|e| Error::name(field, &e))
     }
 
+    /// Resolve `dataset@snapshot` under the root.
     fn resolve_snapshot(&self, dataset: &str, snapshot: &str) -> Result<SnapshotName, Error> {
-        let root = &self.host().config.zfs.root;
-        names::resolve_snapshot(root, &format!("{dataset}@{snapshot}"))
+        let input = format!("{dataset}@{snapshot}");
+        self.refuse_other_pool("snapshot", &input)?;
+        names::resolve_snapshot(&self.host().config.zfs.root, &input)
             .map_err(|e| Error::name("snapshot", &e))
     }
 

@@ -25,6 +25,9 @@ pub struct Host {
     pub config: Config,
     /// ZFS driver.
     pub zfs: Zfs,
+    /// Names of the pools imported when the host was built: a name starting with one of them
+    /// is a full name outside the root, not a short name.
+    pub pools: Vec<String>,
 }
 
 /// Why labd cannot start (or reload) with a configuration.
@@ -55,7 +58,14 @@ impl Host {
             }
             Err(e) => return Err(StartError::Zfs(e)),
         }
-        Ok(Self { config, zfs })
+        let pools = zfs
+            .pools()
+            .await
+            .map_err(StartError::Zfs)?
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        Ok(Self { config, zfs, pools })
     }
 }
 

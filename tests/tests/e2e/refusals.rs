@@ -179,3 +179,16 @@ fn destroy_protections() {
     let out = lab.labctl(&["dataset", "destroy", "ghost"]).code(1);
     assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
 }
+
+#[test]
+fn names_in_other_pools_are_outside_the_root() {
+    let other = Lab::start();
+    let lab = Lab::start();
+    let name = format!("{}/x", other.pool);
+    let out = lab.labctl(&["dataset", "create", &name]).code(1);
+    assert!(out.stderr.contains("outside"), "{}", out.stderr);
+    assert!(!lab.exists(&name));
+    assert!(!lab.exists(&lab.ds(&name)));
+    let out = lab.labctl(&["dataset", "snapshot", &name]).code(1);
+    assert!(out.stderr.contains("outside"), "{}", out.stderr);
+}
