@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use jiff::Timestamp;
 use uuid::Uuid;
 
 /// Socket used when neither `--socket` nor `LABD_SOCKET` is given.
@@ -58,6 +59,9 @@ pub enum Command {
     /// Inspect jobs (long operations).
     #[command(subcommand)]
     Job(JobCommand),
+    /// Inspect snapshot policies, see what they would do and why, run them.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Follow labd's event stream until it ends.
     Events,
 }
@@ -172,6 +176,38 @@ pub enum JobCommand {
 pub struct JobShow {
     /// Job id.
     pub id: Uuid,
+}
+
+/// `labctl policy …`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// List the snapshot policies with their datasets, next and last run.
+    List,
+    /// Show one policy: its rules, datasets, next run and last run.
+    Show {
+        /// Policy name (the value of `labd:policy`).
+        name: String,
+    },
+    /// Show what the next policy run does to a dataset: the snapshot it takes and, for every
+    /// existing snapshot, keep or destroy with the reasons.
+    Plan {
+        /// Dataset name.
+        dataset: String,
+        /// Plan as if it were this time (RFC 3339, e.g. 2026-11-25T19:00:00Z; default: now).
+        #[arg(long, value_name = "RFC3339")]
+        at: Option<Timestamp>,
+    },
+    /// Explain why the policy keeps or destroys one snapshot.
+    Explain {
+        /// The snapshot.
+        #[arg(value_name = "DATASET@SNAP", value_parser = parse_snapshot_ref)]
+        snapshot: SnapshotRef,
+        /// Decide as if it were this time (RFC 3339; default: now).
+        #[arg(long, value_name = "RFC3339")]
+        at: Option<Timestamp>,
+    },
+    /// Run every policy now (take due snapshots, prune) and wait for the run.
+    Run,
 }
 
 /// One `PROP=VALUE` argument.
@@ -355,6 +391,42 @@ mod tests {
         let err = Cli::try_parse_from(["labctl", "dataset", "set", "photos", "quota"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         let err = Cli::try_parse_from(["labctl", "dataset", "rollback", "a@b@c"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn policy_at_is_an_rfc3339_time() {
+        let cli = Cli::try_parse_from([
+            "labctl",
+            "policy",
+            "plan",
+            "photos",
+            "--at",
+            "2026-11-25T20:00:00+01:00",
+        ])
+        .unwrap();
+        let Command::Policy(PolicyCommand::Plan { dataset, at }) = cli.command else {
+            panic!("not policy plan: {:?}", cli.command);
+        };
+        assert_eq!(dataset, "photos");
+        assert_eq!(at.unwrap().to_string(), "2026-11-25T19:00:00Z");
+        for bad in ["tomorrow", "2026-11-25", "2026-11-25T19:00:00"] {
+            let err = Cli::try_parse_from(["labctl", "policy", "plan", "photos", "--at", bad])
+                .unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn policy_explain_takes_a_snapshot_ref() {
+        let cli = Cli::try_parse_from(["labctl", "policy", "explain", "tank/labd/a@s1"]).unwrap();
+        let Command::Policy(PolicyCommand::Explain { snapshot, at }) = cli.command else {
+            panic!("not policy explain: {:?}", cli.command);
+        };
+        assert_eq!(snapshot.dataset, "tank/labd/a");
+        assert_eq!(snapshot.snapshot, "s1");
+        assert!(at.is_none());
+        let err = Cli::try_parse_from(["labctl", "policy", "explain", "photos"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
     }
 

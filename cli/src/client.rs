@@ -118,9 +118,21 @@ fn is_connect_error(e: &reqwest::Error) -> bool {
 /// Percent-encode one path segment: everything but `A-Z a-z 0-9 - . _ ~ :` is encoded, so a
 /// dataset name's '/' becomes `%2F` and stays inside its segment.
 pub fn encode_segment(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
+    percent_encode(segment, |b| b == b':')
+}
+
+/// Percent-encode one query value: everything but the unreserved `A-Z a-z 0-9 - . _ ~` is
+/// encoded, so an RFC 3339 time keeps its ':' and '+' as `%3A` and `%2B` (a raw '+' would
+/// read as a space).
+pub fn encode_query_value(value: &str) -> String {
+    percent_encode(value, |_| false)
+}
+
+/// Percent-encode every byte but the unreserved ones and those `also_keep` accepts.
+fn percent_encode(text: &str, also_keep: impl Fn(u8) -> bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') || also_keep(b) {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -317,6 +329,16 @@ mod tests {
         assert_eq!(encode_segment("a-b_c.d:e"), "a-b_c.d:e");
         assert_eq!(encode_segment("a b@c%"), "a%20b%40c%25");
         assert_eq!(encode_segment("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn query_values_encode_everything_but_unreserved() {
+        assert_eq!(encode_query_value("abc-1.2_3~"), "abc-1.2_3~");
+        assert_eq!(
+            encode_query_value("2026-11-25T19:00:00+01:00"),
+            "2026-11-25T19%3A00%3A00%2B01%3A00"
+        );
+        assert_eq!(encode_query_value("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use labd::wire::{Job, JobState};
+use labd::wire::{Job, JobState, PolicyRun};
 
 use crate::args::OutputFormat;
 use crate::client::Client;
@@ -142,7 +142,8 @@ impl Report {
     }
 }
 
-/// The table-mode line of a finished job, plus the snapshot names a `snapshot.create` made.
+/// The table-mode line of a finished job, plus the snapshot names a `snapshot.create` made
+/// or the counts, errors and paused datasets of a `policy.run`.
 fn summary(job: &Job) -> String {
     let mut s = format!(
         "{} {}: {}",
@@ -164,7 +165,35 @@ fn summary(job: &Job) -> String {
             s.push_str(name);
         }
     }
+    if job.kind == "policy.run" {
+        let run = job
+            .result
+            .clone()
+            .and_then(|r| serde_json::from_value::<PolicyRun>(r).ok());
+        if let Some(run) = run {
+            s.push('\n');
+            s.push_str(&policy_run_summary(&run));
+        }
+    }
     s
+}
+
+/// What a policy run did: counts and time, then every error and every paused dataset.
+fn policy_run_summary(run: &PolicyRun) -> String {
+    let mut lines = vec![format!(
+        "taken: {}, destroyed: {}, commands: {}, took: {} ms",
+        run.taken.len(),
+        run.destroyed.len(),
+        run.commands,
+        run.duration_ms
+    )];
+    lines.extend(run.errors.iter().map(|e| format!("error: {e}")));
+    lines.extend(
+        run.paused
+            .iter()
+            .map(|(dataset, reason)| format!("paused: {dataset}: {reason}")),
+    );
+    lines.join("\n")
 }
 
 /// Run a mutation: wait for the job it started and report it.
@@ -209,6 +238,30 @@ mod tests {
             summary(&j),
             "snapshot.create tank/labd/photos: succeeded\ntank/labd/photos@a\ntank/labd/photos/x@a"
         );
+    }
+
+    #[test]
+    fn policy_run_summary_lists_counts_errors_and_pauses() {
+        let mut j = job("policy.run", JobState::Succeeded);
+        j.target = "tank/labd".into();
+        j.result = Some(serde_json::json!({
+            "at": "2026-11-25T19:00:00Z",
+            "taken": ["tank/labd/a@x", "tank/labd/b@x"],
+            "destroyed": ["tank/labd/a@old"],
+            "paused": {"tank/labd/b": "pool 95% full"},
+            "errors": ["zfs destroy tank/labd/a@y: dataset is busy"],
+            "commands": 4,
+            "duration_ms": 120,
+        }));
+        assert_eq!(
+            summary(&j),
+            "policy.run tank/labd: succeeded\n\
+             taken: 2, destroyed: 1, commands: 4, took: 120 ms\n\
+             error: zfs destroy tank/labd/a@y: dataset is busy\n\
+             paused: tank/labd/b: pool 95% full"
+        );
+        j.result = None;
+        assert_eq!(summary(&j), "policy.run tank/labd: succeeded");
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! Every key is known: an unknown key or a bad value is an error that names the key, both at
 //! start-up (labd refuses to start) and on SIGHUP (the old configuration stays in force).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::core::names::DatasetName;
+use crate::core::retention::Policy;
 
 /// Where labd looks for its configuration when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/usr/local/etc/labd/labd.toml";
@@ -24,6 +26,22 @@ pub struct Config {
     pub zfs: ZfsConfig,
     /// `[daemon]`.
     pub daemon: DaemonConfig,
+    /// `[policies.NAME]`: snapshot policies by name.
+    pub policies: BTreeMap<String, Policy>,
+    /// `[schedule]`: when and how policies run.
+    pub schedule: ScheduleConfig,
+}
+
+/// `[schedule]`: the policy scheduler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleConfig {
+    /// Run policies on their schedule (off: only `labctl policy run`).
+    pub enabled: bool,
+    /// At most this many snapshots destroyed per dataset per run.
+    pub max_destroy_per_run: usize,
+    /// For tests only: read the policy clock (RFC 3339) from this file instead of the
+    /// system clock.
+    pub clock_file: Option<PathBuf>,
 }
 
 /// `[api]`: where and to whom the API is served.
@@ -95,6 +113,34 @@ struct RawConfig {
     zfs: RawZfs,
     #[serde(default)]
     daemon: RawDaemon,
+    #[serde(default)]
+    policies: BTreeMap<String, RawPolicy>,
+    #[serde(default)]
+    schedule: RawSchedule,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    frequent_period: Option<String>,
+    frequently: Option<u32>,
+    hourly: Option<u32>,
+    daily: Option<u32>,
+    weekly: Option<u32>,
+    monthly: Option<u32>,
+    yearly: Option<u32>,
+    min_keep: Option<u32>,
+    max_age: Option<String>,
+    autosnap: Option<bool>,
+    autoprune: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    enabled: Option<bool>,
+    max_destroy_per_run: Option<usize>,
+    clock_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -166,7 +212,23 @@ impl Config {
             Some(s) => parse_duration(&s).map_err(|m| value_error("daemon.shutdown_grace", m))?,
             None => Duration::from_secs(30),
         };
+        let mut policies = BTreeMap::new();
+        for (name, raw) in raw.policies {
+            let policy = policy(&name, raw).map_err(|message| ConfigError::Value {
+                path: path.to_owned(),
+                key: "policies",
+                message,
+            })?;
+            policies.insert(name, policy);
+        }
+        let schedule = ScheduleConfig {
+            enabled: raw.schedule.enabled.unwrap_or(true),
+            max_destroy_per_run: raw.schedule.max_destroy_per_run.unwrap_or(1000),
+            clock_file: raw.schedule.clock_file,
+        };
         Ok(Self {
+            policies,
+            schedule,
             api: ApiConfig {
                 socket,
                 socket_group: raw.api.socket_group,
@@ -182,7 +244,67 @@ impl Config {
     }
 }
 
-/// Parse `500ms`, `30s`, `5m` or `1h`.
+/// Validate one `[policies.NAME]` table; the message names the key.
+fn policy(name: &str, raw: RawPolicy) -> Result<Policy, String> {
+    let valid_name = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c))
+        && name != "none"
+        && name.len() <= 64;
+    if !valid_name {
+        return Err(format!(
+            "policies.{name}: a policy name is 1-64 lowercase letters, digits, '_', '.', '-', \
+             starts with a letter or digit, and is not 'none'"
+        ));
+    }
+    let frequent_minutes = match raw.frequent_period {
+        Some(s) => {
+            let d =
+                parse_duration(&s).map_err(|m| format!("policies.{name}.frequent_period: {m}"))?;
+            u32::try_from(d.as_secs() / 60)
+                .ok()
+                .filter(|m| d.as_secs() % 60 == 0 && *m > 0 && 60 % *m == 0)
+                .ok_or_else(|| {
+                    format!("policies.{name}.frequent_period: '{s}' is not a whole number of minutes dividing an hour")
+                })?
+        }
+        None => 15,
+    };
+    let max_age = match raw.max_age {
+        Some(s) => {
+            let d = parse_duration(&s).map_err(|m| format!("policies.{name}.max_age: {m}"))?;
+            Some(
+                jiff::SignedDuration::try_from(d)
+                    .map_err(|e| format!("policies.{name}.max_age: {e}"))?,
+            )
+        }
+        None => None,
+    };
+    let policy = Policy {
+        name: name.to_owned(),
+        frequent_minutes,
+        frequently: raw.frequently.unwrap_or(0),
+        hourly: raw.hourly.unwrap_or(0),
+        daily: raw.daily.unwrap_or(0),
+        weekly: raw.weekly.unwrap_or(0),
+        monthly: raw.monthly.unwrap_or(0),
+        yearly: raw.yearly.unwrap_or(0),
+        min_keep: raw.min_keep.unwrap_or(1),
+        max_age,
+        autosnap: raw.autosnap.unwrap_or(true),
+        autoprune: raw.autoprune.unwrap_or(true),
+    };
+    policy
+        .validate()
+        .map_err(|m| format!("policies.{name}.{m}"))?;
+    Ok(policy)
+}
+
+/// Parse `500ms`, `30s`, `5m`, `1h` or `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -195,13 +317,44 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("'{s}' has no unit: use ms, s, m or h")),
+        "d" => Duration::from_secs(n.saturating_mul(86400)),
+        _ => return Err(format!("'{s}' has no unit: use ms, s, m, h or d")),
     };
     Ok(d)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn policies_are_validated_with_their_key() {
+        let base = "[zfs]\nroot = \"tank\"\n";
+        let ok = parse(&format!(
+            "{base}[policies.production]\nhourly = 24\ndaily = 30\nmonthly = 12\nmax_age = \"400d\"\n"
+        ))
+        .expect("valid");
+        let p = &ok.policies["production"];
+        assert_eq!((p.hourly, p.daily, p.monthly, p.min_keep), (24, 30, 12, 1));
+        assert!(ok.schedule.enabled);
+        for (text, key) in [
+            ("[policies.Prod]\nhourly = 1\n", "policies.Prod"),
+            ("[policies.none]\nhourly = 1\n", "policies.none"),
+            (
+                "[policies.p]\nhourly = 1\nfrequent_period = \"7m\"\n",
+                "policies.p.frequent_period",
+            ),
+            (
+                "[policies.p]\nhourly = 1\nmax_age = \"soon\"\n",
+                "policies.p.max_age",
+            ),
+            ("[policies.p]\nhourlyy = 1\n", "hourlyy"),
+            ("[policies.p]\nhourly = -1\n", "hourly"),
+            ("[schedule]\nenable = true\n", "enable"),
+        ] {
+            let e = parse(&format!("{base}{text}")).expect_err(key);
+            assert!(e.to_string().contains(key), "{key}: {e}");
+        }
+    }
+
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {

@@ -34,8 +34,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (end_tx, end_rx) = watch::channel(false);
-    let server = tokio::spawn(api::serve(listener, Arc::clone(&core), stop_rx, end_rx));
+    let server = tokio::spawn(api::serve(listener, Arc::clone(&core), stop_rx.clone()));
+    let scheduler = tokio::spawn(crate::core::schedule::run(Arc::clone(&core), stop_rx));
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
@@ -53,10 +53,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         "stopping: no new connections, finishing jobs"
     );
     stop_tx.send_replace(true);
+    let _ = scheduler.await;
     core.jobs.shutdown(grace).await;
     core.events
         .publish("daemon.stopped", "labd", None, json!({}));
-    end_tx.send_replace(true);
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),

@@ -31,7 +31,7 @@ pub struct SystemInfo {
 pub struct DriverInfo {
     /// Subsystem (`zfs`).
     pub subsystem: String,
-    /// Driver name (`openzfs`, `zfs-fuse`).
+    /// Driver name (`openzfs`, or `zfs-legacy` for zfs-fuse and other pre-OpenZFS CLIs).
     pub name: String,
     /// Capabilities found by probing, e.g. `get_type_filter`.
     pub capabilities: Vec<String>,
@@ -231,7 +231,8 @@ pub enum JobState {
     Succeeded,
     /// Finished with an error.
     Failed,
-    /// Stopped before completion (e.g. daemon shutdown).
+    /// Stopped before completion on request. Reserved: jobs stopped by shutdown fail with
+    /// the code `interrupted`.
     Cancelled,
 }
 
@@ -318,7 +319,8 @@ pub struct Event {
     pub time: Timestamp,
     /// What happened (`job.started`, `dataset.created`, `snapshot.destroyed`, …).
     pub kind: String,
-    /// The resource (`tank/labd/photos`, a job id).
+    /// The resource (`tank/labd/photos`; for `job.*` events the job's target, its id being
+    /// in `data.id`).
     pub resource: String,
     /// Who caused it, for events caused by an API request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -326,4 +328,103 @@ pub struct Event {
     /// Event details.
     #[serde(default)]
     pub data: serde_json::Value,
+}
+
+/// `GET /v1/policies`: a snapshot policy and how it is doing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    /// Policy name (the value of `labd:policy`).
+    pub name: String,
+    /// Period of the `frequently` bucket, in minutes.
+    pub frequent_minutes: u32,
+    /// Count of each bucket: `frequently`, `hourly`, `daily`, `weekly`, `monthly`, `yearly`.
+    pub keep: BTreeMap<String, u32>,
+    /// Never prune below this many policy snapshots per dataset.
+    pub min_keep: u32,
+    /// Bucket rules do not keep snapshots older than this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_seconds: Option<i64>,
+    /// Whether runs take snapshots.
+    pub autosnap: bool,
+    /// Whether runs prune.
+    pub autoprune: bool,
+    /// Datasets whose effective policy this is.
+    pub datasets: Vec<String>,
+    /// When the scheduler runs next (none when it is off or nothing is due).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<Timestamp>,
+    /// The last run that involved this policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<PolicyRun>,
+}
+
+/// Summary of one policy run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PolicyRun {
+    /// The time the run planned for (the policy clock).
+    pub at: Option<Timestamp>,
+    /// Snapshots taken.
+    pub taken: Vec<String>,
+    /// Snapshots destroyed.
+    pub destroyed: Vec<String>,
+    /// Why pruning was paused, per dataset.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub paused: BTreeMap<String, String>,
+    /// Errors, one line each (a failed command does not stop the rest of the run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// ZFS commands the run issued.
+    pub commands: u32,
+    /// How long it took, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Query of `GET /v1/datasets/{name}/plan` and `…/explain`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanQuery {
+    /// Plan as if it were this time (RFC 3339); default: now.
+    #[serde(default)]
+    pub at: Option<Timestamp>,
+}
+
+/// `GET /v1/datasets/{name}/plan`: what the next run does to one dataset, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatasetPlan {
+    /// Full dataset name.
+    pub dataset: String,
+    /// Effective policy (`none` when no policy applies).
+    pub policy: String,
+    /// Where the policy comes from (`local`, `inherited from …`).
+    pub policy_source: String,
+    /// The time planned for.
+    pub at: Timestamp,
+    /// The snapshot the run takes, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub take: Option<PlannedSnapshot>,
+    /// One decision per existing snapshot, oldest first.
+    pub decisions: Vec<SnapshotDecision>,
+    /// Why pruning is paused, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruning_paused: Option<String>,
+}
+
+/// A snapshot a run would take.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedSnapshot {
+    /// Snapshot name (the part after `@`).
+    pub name: String,
+    /// The buckets it is due for.
+    pub due: Vec<String>,
+}
+
+/// Keep or destroy one snapshot, with every reason.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotDecision {
+    /// Snapshot name (the part after `@`).
+    pub snapshot: String,
+    /// `keep` or `destroy`.
+    pub action: String,
+    /// Why, in rule order.
+    pub reasons: Vec<String>,
 }

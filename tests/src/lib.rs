@@ -130,6 +130,9 @@ pub struct LabOptions {
     pub daemon_extra: String,
     /// Pool size in MiB (default 256).
     pub pool_mib: u64,
+    /// More TOML tables appended to the configuration (`[policies.x]`, `[schedule]`);
+    /// `{dir}` stands for the lab's scratch directory.
+    pub tables: String,
 }
 
 /// A pool, a root dataset and a labd serving them.
@@ -205,10 +208,12 @@ impl Lab {
     /// Write labd's configuration with `root`.
     pub fn write_config(&self, root: &str, opts: &LabOptions) {
         let text = format!(
-            "[api]\nsocket = \"{}\"\n\n[zfs]\nroot = \"{root}\"\n{}\n\n[daemon]\n{}\n",
+            "[api]\nsocket = \"{}\"\n\n[zfs]\nroot = \"{root}\"\n{}\n\n[daemon]\n{}\n\n{}\n",
             self.socket.display(),
             opts.zfs_extra,
-            opts.daemon_extra
+            opts.daemon_extra,
+            opts.tables
+                .replace("{dir}", &self.dir.display().to_string())
         );
         fs::write(&self.config, text).expect("config");
     }

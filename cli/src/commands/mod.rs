@@ -4,6 +4,7 @@
 mod dataset;
 mod events;
 mod job;
+mod policy;
 mod status;
 
 use crate::args::{Cli, Command, OutputFormat};
@@ -42,6 +43,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status => status::run(&ctx).await,
         Command::Dataset(cmd) => dataset::run(&ctx, cmd).await,
         Command::Job(cmd) => job::run(&ctx, cmd).await,
+        Command::Policy(cmd) => policy::run(&ctx, cmd).await,
         Command::Events => events::run(&ctx).await,
     }
 }

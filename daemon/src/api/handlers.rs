@@ -9,9 +9,8 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::{Stream, StreamExt};
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use futures_util::Stream;
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::{ApiError, AppState, Body, Peer, Query};
@@ -146,6 +145,42 @@ pub(super) async fn release(
     accepted(s.core.hold(&name, &snap, req, false, peer.0))
 }
 
+pub(super) async fn list_policies(
+    State(s): State<AppState>,
+) -> ApiResult<Json<Vec<wire::PolicyInfo>>> {
+    Ok(Json(s.core.list_policies().await?))
+}
+
+pub(super) async fn get_policy(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<wire::PolicyInfo>> {
+    Ok(Json(s.core.get_policy(&name).await?))
+}
+
+pub(super) async fn run_policies(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> ApiResult<Response> {
+    accepted(s.core.run_policies(peer.0, false))
+}
+
+pub(super) async fn plan(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<wire::PlanQuery>,
+) -> ApiResult<Json<wire::DatasetPlan>> {
+    Ok(Json(s.core.plan(&name, q.at).await?))
+}
+
+pub(super) async fn explain(
+    State(s): State<AppState>,
+    Path((name, snap)): Path<(String, String)>,
+    Query(q): Query<wire::PlanQuery>,
+) -> ApiResult<Json<wire::DatasetPlan>> {
+    Ok(Json(s.core.explain(&name, &snap, q.at).await?))
+}
+
 pub(super) async fn list_jobs(State(s): State<AppState>) -> Json<Vec<wire::Job>> {
     Json(s.core.jobs.list())
 }
@@ -169,46 +204,43 @@ pub(super) async fn get_job(
         .ok_or_else(|| ApiError::not_found(format!("no job {id}")))
 }
 
-/// `GET /v1/events`: server-sent events until labd has stopped (after the jobs it finished
-/// while stopping and its `daemon.stopped` event). A subscriber that lags is sent a `lagged`
-/// event (`data.missed`) and disconnected; it must re-read state.
+/// `GET /v1/events`: server-sent events until labd has stopped: the stream ends right after
+/// the `daemon.stopped` event, so subscribers see the jobs that finish while labd stops. A
+/// subscriber that lags is sent a `lagged` event (`data.missed`) and disconnected; it must
+/// re-read state.
 pub(super) async fn events(
     State(s): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let mut stop = s.streams_end.clone();
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    let stream = BroadcastStream::new(s.core.events.subscribe())
-        .scan(false, |lagged, item| {
-            if *lagged {
-                return std::future::ready(None);
+    let rx = s.core.events.subscribe();
+    let stream = futures_util::stream::unfold((rx, false), |(mut rx, ended)| async move {
+        if ended {
+            return None;
+        }
+        let (event, last) = match rx.recv().await {
+            Ok(ev) => {
+                let last = ev.kind == "daemon.stopped";
+                (ev, last)
             }
-            let event = match item {
-                Ok(ev) => SseEvent::default()
-                    .event(ev.kind.clone())
-                    .id(ev.seq.to_string())
-                    .json_data(&ev)
-                    .unwrap_or_else(|_| SseEvent::default().comment("unserializable event")),
-                Err(BroadcastStreamRecvError::Lagged(missed)) => {
-                    *lagged = true;
-                    let ev = wire::Event {
-                        seq: 0,
-                        time: jiff::Timestamp::now(),
-                        kind: "lagged".to_owned(),
-                        resource: "events".to_owned(),
-                        actor: None,
-                        data: serde_json::json!({"missed": missed}),
-                    };
-                    SseEvent::default()
-                        .event("lagged")
-                        .json_data(&ev)
-                        .unwrap_or_else(|_| SseEvent::default().event("lagged"))
-                }
-            };
-            std::future::ready(Some(Ok(event)))
-        })
-        .take_until(stopped);
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                let ev = wire::Event {
+                    seq: 0,
+                    time: jiff::Timestamp::now(),
+                    kind: "lagged".to_owned(),
+                    resource: "events".to_owned(),
+                    actor: None,
+                    data: serde_json::json!({"missed": missed}),
+                };
+                (ev, true)
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        let sse = SseEvent::default()
+            .event(event.kind.clone())
+            .id(event.seq.to_string())
+            .json_data(&event)
+            .unwrap_or_else(|_| SseEvent::default().comment("unserializable event"));
+        Some((Ok(sse), (rx, last)))
+    });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 

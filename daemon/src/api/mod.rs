@@ -33,7 +33,6 @@ use crate::wire::Actor;
 #[derive(Debug, Clone)]
 struct AppState {
     core: Arc<Core>,
-    streams_end: watch::Receiver<bool>,
 }
 
 /// The peer credentials of a connection.
@@ -109,15 +108,13 @@ pub fn bind(api: &ApiConfig) -> Result<UnixListener, BindError> {
 }
 
 /// Serve the API. When `stop_accepting` turns true, no new connection is accepted and the call
-/// returns once open requests are answered; event streams stay open until `streams_end`
-/// turns true, so that subscribers see the jobs that finish while labd stops.
+/// returns once open requests are answered (event streams end with `daemon.stopped`).
 pub async fn serve(
     listener: UnixListener,
     core: Arc<Core>,
     stop_accepting: watch::Receiver<bool>,
-    streams_end: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let app = router(AppState { core, streams_end });
+    let app = router(AppState { core });
     let mut stop = stop_accepting;
     axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(async move {
@@ -155,6 +152,11 @@ fn router(state: AppState) -> Router {
             get(h::list_snapshots).post(h::create_snapshot),
         )
         .route(snap, axum::routing::delete(h::destroy_snapshot))
+        .route(&format!("{snap}/explain"), get(h::explain))
+        .route("/v1/datasets/{name}/plan", get(h::plan))
+        .route("/v1/policies", get(h::list_policies))
+        .route("/v1/policies/run", post(h::run_policies))
+        .route("/v1/policies/{name}", get(h::get_policy))
         .route(&format!("{snap}/rollback"), post(h::rollback))
         .route(&format!("{snap}/clone"), post(h::clone_snapshot))
         .route(&format!("{snap}/hold"), post(h::hold))

@@ -12,6 +12,7 @@ use jiff::Timestamp;
 use serde_json::json;
 
 use super::names::{self, DatasetName, SnapshotName};
+use super::policy::{NO_POLICY, POLICY_PROPERTY};
 use super::props::{self, Assignment};
 use super::{Core, Error, Refusal};
 use crate::host::zfs::{PropRow, SnapshotRow};
@@ -106,10 +107,38 @@ fn snapshot_to_wire(s: &SnapshotRow) -> wire::Snapshot {
     }
 }
 
-fn validate_properties(properties: &BTreeMap<String, String>) -> Result<Vec<Assignment>, Error> {
+/// Validate properties; `policy` (alias of `labd:policy`) must name a configured policy or
+/// be `none`.
+fn validate_properties(
+    config: &crate::config::Config,
+    properties: &BTreeMap<String, String>,
+) -> Result<Vec<Assignment>, Error> {
     properties
         .iter()
-        .map(|(k, v)| props::validate(k, v).map_err(|e| Error::property(&e)))
+        .map(|(k, v)| {
+            if k != "policy" && k != POLICY_PROPERTY {
+                return props::validate(k, v).map_err(|e| Error::property(&e));
+            }
+            if v != NO_POLICY && !config.policies.contains_key(v) {
+                let known: Vec<&str> = config.policies.keys().map(String::as_str).collect();
+                return Err(Error::Invalid {
+                    field: format!("properties.{k}"),
+                    code: "unknown_policy",
+                    message: format!(
+                        "unknown policy '{v}' (configured: {}; or {NO_POLICY} to opt out)",
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                });
+            }
+            Ok(Assignment {
+                name: POLICY_PROPERTY.to_owned(),
+                value: v.clone(),
+            })
+        })
         .collect()
 }
 
@@ -153,14 +182,18 @@ impl Core {
     }
 
     /// Resolve a user's dataset name under the root.
-    fn resolve(&self, field: &str, input: &str) -> Result<DatasetName, Error> {
+    pub(super) fn resolve(&self, field: &str, input: &str) -> Result<DatasetName, Error> {
         self.refuse_other_pool(field, input)?;
         names::resolve_dataset(&self.host().config.zfs.root, input)
             .map_err(|e| Error::name(field, &e))
     }
 
     /// Resolve `dataset@snapshot` under the root.
-    fn resolve_snapshot(&self, dataset: &str, snapshot: &str) -> Result<SnapshotName, Error> {
+    pub(super) fn resolve_snapshot(
+        &self,
+        dataset: &str,
+        snapshot: &str,
+    ) -> Result<SnapshotName, Error> {
         let input = format!("{dataset}@{snapshot}");
         self.refuse_other_pool("snapshot", &input)?;
         names::resolve_snapshot(&self.host().config.zfs.root, &input)
@@ -218,7 +251,7 @@ impl Core {
         actor: Option<Actor>,
     ) -> Result<Job, Error> {
         let ds = self.resolve("name", &req.name)?;
-        let mut properties = validate_properties(&req.properties)?;
+        let mut properties = validate_properties(&self.host().config, &req.properties)?;
         properties.push(managed_assignment());
         let host = self.host();
         if ds == host.config.zfs.root {
@@ -305,7 +338,7 @@ impl Core {
                 message: format!("property '{p}' can only be set when the dataset is created"),
             });
         }
-        let properties = validate_properties(&req.properties)?;
+        let properties = validate_properties(&self.host().config, &req.properties)?;
         let host = self.host();
         let events = self.events.clone();
         let target = ds.to_string();
@@ -316,13 +349,17 @@ impl Core {
             vec![target.clone()],
             move || async move {
                 host.zfs.set(ds.as_str(), &properties).await?;
+                let set: BTreeMap<&str, &str> = properties
+                    .iter()
+                    .map(|a| (a.name.as_str(), a.value.as_str()))
+                    .collect();
                 events.publish(
                     "dataset.changed",
                     ds.as_str(),
                     actor,
-                    json!({"properties": req.properties}),
+                    json!({"properties": set}),
                 );
-                Ok(json!({"properties": req.properties}))
+                Ok(json!({"properties": set}))
             },
         )
     }
@@ -539,7 +576,7 @@ impl Core {
     ) -> Result<Job, Error> {
         let snap = self.resolve_snapshot(dataset, snapshot)?;
         let clone = self.resolve("target", &req.target)?;
-        let mut properties = validate_properties(&req.properties)?;
+        let mut properties = validate_properties(&self.host().config, &req.properties)?;
         properties.push(managed_assignment());
         let host = self.host();
         let events = self.events.clone();

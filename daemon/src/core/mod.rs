@@ -7,7 +7,10 @@ pub mod error;
 pub mod jobs;
 mod locks;
 pub mod names;
+mod policy;
 pub mod props;
+pub mod retention;
+pub mod schedule;
 
 use std::sync::{Arc, RwLock};
 
@@ -77,6 +80,7 @@ pub struct Core {
     pub jobs: jobs::Jobs,
     /// Event bus.
     pub events: EventBus,
+    policy_state: std::sync::Mutex<policy::PolicyState>,
 }
 
 impl Core {
@@ -87,6 +91,7 @@ impl Core {
             host: RwLock::new(Arc::new(host)),
             jobs: jobs::Jobs::new(events.clone()),
             events,
+            policy_state: std::sync::Mutex::default(),
         }
     }
 

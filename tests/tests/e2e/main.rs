@@ -6,4 +6,5 @@
 
 mod daemon;
 mod datasets;
+mod policies;
 mod refusals;

@@ -267,6 +267,30 @@ impl Zfs {
         Ok(rows)
     }
 
+    /// Property rows of `dataset` and its snapshots, and with `recursive` of every descendant
+    /// and their snapshots, in ZFS order (a dataset, its snapshots, then its children).
+    pub async fn get_with_snapshots(
+        &self,
+        dataset: &DatasetName,
+        properties: &str,
+        recursive: bool,
+    ) -> Result<Vec<PropRow>, ZfsError> {
+        let depth = if recursive { Depth::All } else { Depth::One };
+        let mut rows = self
+            .get(
+                properties,
+                depth,
+                Some("filesystem,volume,snapshot"),
+                dataset.as_str(),
+            )
+            .await?;
+        if !recursive {
+            let own = format!("{dataset}@");
+            rows.retain(|r| r.name == dataset.as_str() || r.name.starts_with(&own));
+        }
+        Ok(rows)
+    }
+
     /// Snapshots of `dataset` (or of it and its descendants), ordered by creation txg.
     pub async fn snapshots(
         &self,
@@ -363,34 +387,58 @@ impl Zfs {
         Ok(())
     }
 
-    /// Unmount a filesystem; "not mounted" is success.
-    async fn unmount(&self, name: &str) -> Result<(), ZfsError> {
+    /// Unmount a filesystem; returns whether it was mounted ("not mounted" is success).
+    async fn unmount(&self, name: &str) -> Result<bool, ZfsError> {
         match self.run(self.zfs().args(["unmount", name])).await {
+            Ok(_) => Ok(true),
             Err(ZfsError::Command { ref stderr, .. })
                 if stderr.contains("not currently mounted") || stderr.contains("not mounted") =>
             {
-                Ok(())
+                Ok(false)
             }
-            other => other.map(drop),
+            Err(e) => Err(e),
         }
     }
 
     /// Destroy a filesystem, unmounting it (and, with `recursive`, its descendants, deepest
     /// first) before, and retrying briefly while ZFS says it is busy (zfs-fuse often does
-    /// right after an unmount).
+    /// right after an unmount). If the destroy fails, what was unmounted is mounted again.
     pub async fn destroy(&self, dataset: &DatasetName, recursive: bool) -> Result<(), ZfsError> {
-        if recursive {
-            for child in self.descendants(dataset).await? {
-                self.unmount(&child).await?;
+        let mut order = if recursive {
+            self.descendants(dataset).await?
+        } else {
+            Vec::new()
+        };
+        order.push(dataset.to_string());
+        let mut unmounted = Vec::new();
+        let mut result = Ok(());
+        for name in &order {
+            match self.unmount(name).await {
+                Ok(true) => unmounted.push(name.as_str()),
+                Ok(false) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
-        self.unmount(dataset.as_str()).await?;
-        let argv = if recursive {
-            self.zfs().args(["destroy", "-r", dataset.as_str()])
-        } else {
-            self.zfs().args(["destroy", dataset.as_str()])
-        };
-        self.retry_busy(argv).await
+        if result.is_ok() {
+            let argv = if recursive {
+                self.zfs().args(["destroy", "-r", dataset.as_str()])
+            } else {
+                self.zfs().args(["destroy", dataset.as_str()])
+            };
+            result = self.retry_busy(argv).await;
+        }
+        if result.is_err() {
+            // Parents before children: the reverse of the unmount order.
+            for name in unmounted.iter().rev() {
+                if let Err(e) = self.run(self.zfs().args(["mount", name])).await {
+                    tracing::warn!(dataset = %name, error = %e, "cannot mount again after a failed destroy");
+                }
+            }
+        }
+        result
     }
 
     async fn retry_busy(&self, argv: Argv) -> Result<(), ZfsError> {
