@@ -7,6 +7,7 @@
 //! children, snapshots and holds; rollback refuses to destroy newer snapshots unless asked.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde_json::json;
@@ -14,7 +15,8 @@ use serde_json::json;
 use super::names::{self, DatasetName, SnapshotName};
 use super::policy::{NO_POLICY, POLICY_PROPERTY};
 use super::props::{self, Assignment};
-use super::{Core, Error, Refusal};
+use super::{Core, Error, Host, Refusal};
+use crate::events::EventBus;
 use crate::host::zfs::{PropRow, SnapshotRow};
 use crate::wire::{self, Actor, Job, Property, PropertySource};
 
@@ -159,6 +161,118 @@ fn list(names: &[&str]) -> String {
         s.push_str(&format!(" and {} more", names.len() - SHOWN));
     }
     s
+}
+
+/// Refuse when any of `snaps` is held: held snapshots are never destroyed.
+fn refuse_held<'a>(snaps: impl IntoIterator<Item = &'a SnapshotRow>) -> Result<(), Error> {
+    let held: Vec<&str> = snaps
+        .into_iter()
+        .filter(|s| s.userrefs > 0)
+        .map(|s| s.name.as_str())
+        .collect();
+    if held.is_empty() {
+        return Ok(());
+    }
+    Err(Error::refused(
+        Refusal::Held,
+        format!("held snapshots: {}; release them first", list(&held)),
+    ))
+}
+
+/// The job of `destroy_dataset`: every check against the current ZFS state, then destroy.
+async fn destroy_dataset_job(
+    host: Arc<Host>,
+    events: EventBus,
+    ds: DatasetName,
+    req: wire::DestroyDataset,
+    actor: Option<Actor>,
+) -> Result<serde_json::Value, Error> {
+    let rows = host.zfs.get_props(&ds, MANAGED, true).await?;
+    if rows.is_empty() {
+        return Err(Error::NotFound {
+            what: ds.to_string(),
+        });
+    }
+    let children: Vec<&str> = rows
+        .iter()
+        .map(|r| r.name.as_str())
+        .filter(|n| *n != ds.as_str())
+        .collect();
+    if !req.recursive && !children.is_empty() {
+        return Err(Error::refused(
+            Refusal::HasChildren,
+            format!(
+                "{ds} has child datasets: {}; destroy them first, or destroy recursively \
+                 (labctl: -r)",
+                list(&children)
+            ),
+        ));
+    }
+    let unmanaged: Vec<&str> = rows
+        .iter()
+        .filter(|r| !is_managed(r))
+        .map(|r| r.name.as_str())
+        .collect();
+    if !req.force && !unmanaged.is_empty() {
+        return Err(Error::refused(
+            Refusal::NotManaged,
+            format!(
+                "labd did not create {} (no local labd:managed=on); destroy with force to \
+                 remove it anyway (labctl: -f)",
+                list(&unmanaged)
+            ),
+        ));
+    }
+    let snaps = host.zfs.snapshots(&ds, req.recursive).await?;
+    refuse_held(&snaps)?;
+    if !req.recursive && !snaps.is_empty() {
+        let names: Vec<&str> = snaps.iter().map(|s| s.name.as_str()).collect();
+        return Err(Error::refused(
+            Refusal::HasSnapshots,
+            format!(
+                "{ds} has snapshots: {}; destroy them first, or destroy recursively (labctl: -r)",
+                list(&names)
+            ),
+        ));
+    }
+    host.zfs.destroy(&ds, req.recursive).await?;
+    for child in &children {
+        let data = json!({"recursive_from": ds.as_str()});
+        events.publish("dataset.destroyed", child, actor, data);
+    }
+    let data = json!({"recursive": req.recursive});
+    events.publish("dataset.destroyed", ds.as_str(), actor, data);
+    let destroyed: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+    Ok(json!({"destroyed": destroyed, "snapshots": snaps.len()}))
+}
+
+/// The job of `destroy_snapshot`.
+async fn destroy_snapshot_job(
+    host: Arc<Host>,
+    events: EventBus,
+    snap: SnapshotName,
+    req: wire::DestroySnapshot,
+    actor: Option<Actor>,
+) -> Result<serde_json::Value, Error> {
+    let all = host.zfs.snapshots(snap.dataset(), req.recursive).await?;
+    let matching: Vec<&SnapshotRow> = all
+        .iter()
+        .filter(|s| s.snapshot == snap.snapshot())
+        .collect();
+    if !matching.iter().any(|s| s.name == snap.to_string()) {
+        return Err(Error::NotFound {
+            what: snap.to_string(),
+        });
+    }
+    refuse_held(matching.iter().copied())?;
+    host.zfs
+        .destroy_snapshots(snap.dataset(), &[snap.snapshot()], req.recursive)
+        .await?;
+    for s in &matching {
+        events.publish("snapshot.destroyed", &s.name, actor, json!({}));
+    }
+    let destroyed: Vec<&str> = matching.iter().map(|s| s.name.as_str()).collect();
+    Ok(json!({"destroyed": destroyed}))
 }
 
 impl Core {
@@ -382,38 +496,13 @@ impl Core {
         }
         let events = self.events.clone();
         let target = ds.to_string();
-        self.jobs.spawn("dataset.destroy", &target, actor, vec![target.clone()], move || async move {
-            let rows = host.zfs.get_props(&ds, MANAGED, true).await?;
-            if rows.is_empty() {
-                return Err(Error::NotFound { what: ds.to_string() });
-            }
-            let unmanaged: Vec<&str> = rows.iter().filter(|r| !is_managed(r)).map(|r| r.name.as_str()).collect();
-            let children: Vec<&str> = rows.iter().map(|r| r.name.as_str()).filter(|n| *n != ds.as_str()).collect();
-            if !req.recursive && !children.is_empty() {
-                return Err(Error::refused(Refusal::HasChildren, format!(
-                    "{ds} has child datasets: {}; destroy them first, or destroy recursively (labctl: -r)", list(&children))));
-            }
-            if !req.force && !unmanaged.is_empty() {
-                return Err(Error::refused(Refusal::NotManaged, format!(
-                    "labd did not create {} (no local labd:managed=on); destroy with force to remove it anyway (labctl: -f)", list(&unmanaged))));
-            }
-            let snaps = host.zfs.snapshots(&ds, req.recursive).await?;
-            let held: Vec<&str> = snaps.iter().filter(|s| s.userrefs > 0).map(|s| s.name.as_str()).collect();
-            if !held.is_empty() {
-                return Err(Error::refused(Refusal::Held, format!("held snapshots: {}; release them first", list(&held))));
-            }
-            if !req.recursive && !snaps.is_empty() {
-                let names: Vec<&str> = snaps.iter().map(|s| s.name.as_str()).collect();
-                return Err(Error::refused(Refusal::HasSnapshots, format!(
-                    "{ds} has snapshots: {}; destroy them first, or destroy recursively (labctl: -r)", list(&names))));
-            }
-            host.zfs.destroy(&ds, req.recursive).await?;
-            for child in &children {
-                events.publish("dataset.destroyed", child, actor, json!({"recursive_from": ds.as_str()}));
-            }
-            events.publish("dataset.destroyed", ds.as_str(), actor, json!({"recursive": req.recursive}));
-            Ok(json!({"destroyed": rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), "snapshots": snaps.len()}))
-        })
+        self.jobs.spawn(
+            "dataset.destroy",
+            &target,
+            actor,
+            vec![target.clone()],
+            move || destroy_dataset_job(host, events, ds, req, actor),
+        )
     }
 
     /// Take a snapshot (with `recursive`, of every descendant in the same transaction).
@@ -477,22 +566,13 @@ impl Core {
         let host = self.host();
         let events = self.events.clone();
         let target = snap.dataset().to_string();
-        self.jobs.spawn("snapshot.destroy", &snap.to_string(), actor, vec![target], move || async move {
-            let all = host.zfs.snapshots(snap.dataset(), req.recursive).await?;
-            let matching: Vec<&SnapshotRow> = all.iter().filter(|s| s.snapshot == snap.snapshot()).collect();
-            if !matching.iter().any(|s| s.name == snap.to_string()) {
-                return Err(Error::NotFound { what: snap.to_string() });
-            }
-            let held: Vec<&str> = matching.iter().filter(|s| s.userrefs > 0).map(|s| s.name.as_str()).collect();
-            if !held.is_empty() {
-                return Err(Error::refused(Refusal::Held, format!("held snapshots: {}; release them first", list(&held))));
-            }
-            host.zfs.destroy_snapshots(snap.dataset(), &[snap.snapshot()], req.recursive).await?;
-            for s in &matching {
-                events.publish("snapshot.destroyed", &s.name, actor, json!({}));
-            }
-            Ok(json!({"destroyed": matching.iter().map(|s| s.name.as_str()).collect::<Vec<_>>()}))
-        })
+        self.jobs.spawn(
+            "snapshot.destroy",
+            &snap.to_string(),
+            actor,
+            vec![target],
+            move || destroy_snapshot_job(host, events, snap, req, actor),
+        )
     }
 
     /// Roll a dataset back to a snapshot; newer snapshots are destroyed only when asked, and
@@ -530,22 +610,13 @@ impl Core {
                     return Err(Error::refused(
                         Refusal::NewerSnapshots,
                         format!(
-                            "newer snapshots exist: {}; rollback destroys them only when asked (labctl: --destroy-newer)",
+                            "newer snapshots exist: {}; rollback destroys them only when asked \
+                             (labctl: --destroy-newer)",
                             list(&newer_names)
                         ),
                     ));
                 }
-                let held: Vec<&str> = newer
-                    .iter()
-                    .filter(|s| s.userrefs > 0)
-                    .map(|s| s.name.as_str())
-                    .collect();
-                if !held.is_empty() {
-                    return Err(Error::refused(
-                        Refusal::Held,
-                        format!("newer snapshots are held: {}", list(&held)),
-                    ));
-                }
+                refuse_held(newer.iter().copied())?;
                 host.zfs.rollback(&snap, req.destroy_newer).await?;
                 for s in &newer_names {
                     events.publish(
