@@ -711,12 +711,7 @@ mod tests {
     use super::*;
 
     fn row(name: &str, property: &str, value: &str, source: &str) -> PropRow {
-        PropRow {
-            name: name.into(),
-            property: property.into(),
-            value: value.into(),
-            source: source.into(),
-        }
+        PropRow::new(name, property, value, source)
     }
 
     #[test]

@@ -19,6 +19,19 @@ pub struct PropRow {
     pub source: String,
 }
 
+#[cfg(test)]
+impl PropRow {
+    /// A row, for tests.
+    pub fn new(name: &str, property: &str, value: &str, source: &str) -> Self {
+        Self {
+            name: name.into(),
+            property: property.into(),
+            value: value.into(),
+            source: source.into(),
+        }
+    }
+}
+
 /// Parse `zfs get -H -o name,property,value,source` output.
 ///
 /// A user property value may itself contain tabs, so the name and property are split from
