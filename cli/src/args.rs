@@ -62,6 +62,9 @@ pub enum Command {
     /// Inspect snapshot policies, see what they would do and why, run them.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Define NFS exports of datasets, preview the server's file and apply it.
+    #[command(subcommand)]
+    Export(ExportCommand),
     /// Follow labd's event stream until it ends.
     Events,
 }
@@ -210,6 +213,83 @@ pub enum PolicyCommand {
     Run,
 }
 
+/// `labctl export …`. Definitions are only checked and stored by `add` and `remove`; the NFS
+/// server sees them after `apply`.
+#[derive(Debug, Subcommand)]
+pub enum ExportCommand {
+    /// Export a dataset to clients, or change the options of clients it has already.
+    Add {
+        /// Dataset name (short or full).
+        name: String,
+        /// Client address or network (`192.168.1.20`, `192.168.1.0/24`, `fd00::/64`);
+        /// repeatable. A client the export has already gets the new options.
+        #[arg(long = "client", value_name = "ADDR", required = true, value_parser = parse_client_address)]
+        clients: Vec<String>,
+        /// Read-only (default: read-write).
+        #[arg(long)]
+        ro: bool,
+        /// What root on the client is on the server (default: nobody).
+        #[arg(long, value_name = "root|nobody|UID:GID", value_parser = parse_identity, conflicts_with = "mapall")]
+        maproot: Option<String>,
+        /// Map every user of the client to this identity (instead of --maproot).
+        #[arg(long, value_name = "root|nobody|UID:GID", value_parser = parse_identity)]
+        mapall: Option<String>,
+        /// Security flavors, most preferred first (default: sys).
+        #[arg(
+            long,
+            value_name = "FLAVOR[,FLAVOR…]",
+            value_delimiter = ',',
+            value_parser = ["sys", "krb5", "krb5i", "krb5p"]
+        )]
+        sec: Vec<String>,
+    },
+    /// Remove clients from an export, or the whole export when no --client is given.
+    Remove {
+        /// Dataset name (short or full).
+        name: String,
+        /// Client address to remove (repeatable); removing the last one removes the export.
+        #[arg(long = "client", value_name = "ADDR", value_parser = parse_client_address)]
+        clients: Vec<String>,
+    },
+    /// List the export definitions.
+    List,
+    /// Show one export definition with every client's options.
+    Show {
+        /// Dataset name (short or full).
+        name: String,
+    },
+    /// Print the exports file labd would write (nothing is written).
+    Render {
+        /// File format (default: the one of labd's configured NFS server).
+        #[arg(long, value_enum)]
+        format: Option<ExportFormat>,
+    },
+    /// Check every definition, write the server's file, reload the server, and wait.
+    Apply,
+}
+
+/// The exports file formats labd renders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// FreeBSD mountd `/etc/exports`.
+    Freebsd,
+    /// Linux `exportfs` `/etc/exports`.
+    Linux,
+    /// NFS-Ganesha `EXPORT` blocks.
+    Ganesha,
+}
+
+impl ExportFormat {
+    /// The name the API takes (`freebsd`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Freebsd => "freebsd",
+            Self::Linux => "linux",
+            Self::Ganesha => "ganesha",
+        }
+    }
+}
+
 /// One `PROP=VALUE` argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
@@ -279,6 +359,33 @@ pub fn parse_destroy_target(arg: &str) -> Result<DestroyTarget, String> {
         Err("empty dataset name".to_owned())
     } else {
         Ok(DestroyTarget::Dataset(arg.to_owned()))
+    }
+}
+
+/// Parse a client address: non-empty, without blanks (labd checks the rest).
+pub fn parse_client_address(arg: &str) -> Result<String, String> {
+    if arg.is_empty() {
+        Err("empty client address".to_owned())
+    } else if arg.chars().any(char::is_whitespace) {
+        Err(format!(
+            "'{arg}' is not an address or network (it contains blanks)"
+        ))
+    } else {
+        Ok(arg.to_owned())
+    }
+}
+
+/// Parse the identity of `--maproot` and `--mapall`: `root`, `nobody` or numeric `UID:GID`.
+pub fn parse_identity(arg: &str) -> Result<String, String> {
+    if matches!(arg, "root" | "nobody") {
+        return Ok(arg.to_owned());
+    }
+    let numeric = |s: &str| {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<u32>().is_ok()
+    };
+    match arg.split_once(':') {
+        Some((uid, gid)) if numeric(uid) && numeric(gid) => Ok(arg.to_owned()),
+        _ => Err(format!("'{arg}' is not root, nobody or UID:GID (numbers)")),
     }
 }
 
@@ -428,6 +535,102 @@ mod tests {
         assert!(at.is_none());
         let err = Cli::try_parse_from(["labctl", "policy", "explain", "photos"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn export_add_takes_clients_and_options() {
+        let cli = Cli::try_parse_from([
+            "labctl",
+            "export",
+            "add",
+            "photos",
+            "--client",
+            "192.168.1.20",
+            "--client",
+            "192.168.1.0/24",
+            "--ro",
+            "--mapall",
+            "1000:1000",
+            "--sec",
+            "krb5p,sys",
+        ])
+        .unwrap();
+        let Command::Export(ExportCommand::Add {
+            name,
+            clients,
+            ro,
+            maproot,
+            mapall,
+            sec,
+        }) = cli.command
+        else {
+            panic!("not export add: {:?}", cli.command);
+        };
+        assert_eq!(name, "photos");
+        assert_eq!(clients, ["192.168.1.20", "192.168.1.0/24"]);
+        assert!(ro);
+        assert_eq!(maproot, None);
+        assert_eq!(mapall.as_deref(), Some("1000:1000"));
+        assert_eq!(sec, ["krb5p", "sys"]);
+    }
+
+    #[test]
+    fn export_add_usage_errors_exit_with_2() {
+        let base = ["labctl", "export", "add", "photos"];
+        let bad: [&[&str]; 6] = [
+            &[],
+            &["--client", "a", "--maproot", "root", "--mapall", "nobody"],
+            &["--client", "a", "--maproot", "alice"],
+            &["--client", "a", "--mapall", "1000:"],
+            &["--client", "a", "--sec", "sys,ntlm"],
+            &["--client", ""],
+        ];
+        for extra in bad {
+            let err = Cli::try_parse_from(base.iter().chain(extra)).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{extra:?}");
+        }
+    }
+
+    #[test]
+    fn identities_are_root_nobody_or_numbers() {
+        for ok in ["root", "nobody", "0:0", "1000:1000", "65534:65533"] {
+            assert_eq!(parse_identity(ok).unwrap(), ok);
+        }
+        for bad in [
+            "",
+            "alice",
+            "1000",
+            "1000:",
+            ":1000",
+            "a:b",
+            "-1:0",
+            "1:2:3",
+            "99999999999:0",
+        ] {
+            assert!(parse_identity(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn export_remove_and_render_parse() {
+        let cli = Cli::try_parse_from(["labctl", "export", "remove", "photos"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Export(ExportCommand::Remove { clients, .. }) if clients.is_empty()
+        ));
+        let cli = Cli::try_parse_from(["labctl", "export", "render", "--format", "linux"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Export(ExportCommand::Render {
+                format: Some(ExportFormat::Linux)
+            })
+        ));
+        let err =
+            Cli::try_parse_from(["labctl", "export", "render", "--format", "solaris"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        for f in ExportFormat::value_variants() {
+            assert_eq!(f.to_possible_value().unwrap().get_name(), f.as_str());
+        }
     }
 
     #[test]

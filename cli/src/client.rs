@@ -192,6 +192,45 @@ impl Client {
         decode(resp, Method::PATCH, path).await
     }
 
+    /// `POST path` without a body, decoded.
+    pub async fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self
+            .send(self.request(Method::POST, path), Method::POST, path)
+            .await?;
+        decode(resp, Method::POST, path).await
+    }
+
+    /// `PUT path` with a JSON body, decoded.
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let req = self.request(Method::PUT, path).json(body);
+        let resp = self.send(req, Method::PUT, path).await?;
+        decode(resp, Method::PUT, path).await
+    }
+
+    /// `GET path` of a `text/plain` answer, as text.
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let resp = self
+            .send(self.request(Method::GET, path), Method::GET, path)
+            .await?;
+        resp.text().await.map_err(|e| ClientError::Transport {
+            method: Method::GET,
+            path: path.to_owned(),
+            cause: root_cause(&e),
+        })
+    }
+
+    /// `DELETE path` answered without a body (`204 No Content`); whatever body comes is
+    /// ignored.
+    pub async fn delete_no_content(&self, path: &str) -> Result<(), ClientError> {
+        self.send(self.request(Method::DELETE, path), Method::DELETE, path)
+            .await?;
+        Ok(())
+    }
+
     /// `DELETE path` (the query is part of `path`), decoded.
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let resp = self
@@ -301,6 +340,28 @@ pub fn snapshot_path(dataset: &str, snapshot: &str) -> String {
     )
 }
 
+/// Path of an export: `/v1/exports/{name}` with the name encoded like a dataset's. The
+/// names `render` and `apply` get their first letter percent-encoded so that they reach the
+/// export of that dataset rather than the routes `/v1/exports/render` and `/v1/exports/apply`
+/// (labd routes on the raw path and decodes the name afterwards).
+pub fn export_path(name: &str) -> String {
+    let segment = encode_segment(name);
+    let segment = match segment.as_str() {
+        "render" | "apply" => format!("%{:02X}{}", segment.as_bytes()[0], &segment[1..]),
+        _ => segment,
+    };
+    format!("/v1/exports/{segment}")
+}
+
+/// Whether labd answered "not found" (its error code `not_found`, or a bare 404).
+pub fn is_not_found(e: &ClientError) -> bool {
+    match e {
+        ClientError::Api(info) => info.code == "not_found",
+        ClientError::Status { status, .. } => *status == StatusCode::NOT_FOUND,
+        _ => false,
+    }
+}
+
 /// A query string from the flags that are set, e.g. `?recursive=true&force=true`; empty when
 /// none is.
 pub fn flags_query(flags: &[(&str, bool)]) -> String {
@@ -348,6 +409,34 @@ mod tests {
             snapshot_path("tank/labd/a", "2026-11-25T190000Z"),
             "/v1/datasets/tank%2Flabd%2Fa/snapshots/2026-11-25T190000Z"
         );
+    }
+
+    #[test]
+    fn export_paths_encode_the_name_and_avoid_the_fixed_routes() {
+        assert_eq!(export_path("photos"), "/v1/exports/photos");
+        assert_eq!(export_path("tank/labd/a"), "/v1/exports/tank%2Flabd%2Fa");
+        assert_eq!(export_path("render"), "/v1/exports/%72ender");
+        assert_eq!(export_path("apply"), "/v1/exports/%61pply");
+        assert_eq!(export_path("apply/x"), "/v1/exports/apply%2Fx");
+    }
+
+    #[test]
+    fn not_found_is_the_code_or_a_bare_404() {
+        let api = |code: &str| {
+            ClientError::Api(ErrorInfo {
+                code: code.into(),
+                message: "m".into(),
+                field: None,
+            })
+        };
+        assert!(is_not_found(&api("not_found")));
+        assert!(!is_not_found(&api("invalid_name")));
+        let status = |status| ClientError::Status {
+            status,
+            body: String::new(),
+        };
+        assert!(is_not_found(&status(StatusCode::NOT_FOUND)));
+        assert!(!is_not_found(&status(StatusCode::METHOD_NOT_ALLOWED)));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use labd::wire::{Job, JobState, PolicyRun};
+use labd::wire::{ExportsApplied, Job, JobState, PolicyRun};
 
 use crate::args::OutputFormat;
 use crate::client::Client;
@@ -142,8 +142,9 @@ impl Report {
     }
 }
 
-/// The table-mode line of a finished job, plus the snapshot names a `snapshot.create` made
-/// or the counts, errors and paused datasets of a `policy.run`.
+/// The table-mode line of a finished job, plus the snapshot names a `snapshot.create` made,
+/// the counts, errors and paused datasets of a `policy.run`, or what an `exports.apply`
+/// changed.
 fn summary(job: &Job) -> String {
     let mut s = format!(
         "{} {}: {}",
@@ -175,7 +176,33 @@ fn summary(job: &Job) -> String {
             s.push_str(&policy_run_summary(&run));
         }
     }
+    if job.kind == "exports.apply" {
+        let applied = job
+            .result
+            .clone()
+            .and_then(|r| serde_json::from_value::<ExportsApplied>(r).ok());
+        if let Some(applied) = applied {
+            s.push('\n');
+            s.push_str(&exports_applied_summary(&applied));
+        }
+    }
     s
+}
+
+/// What an exports apply did: whether the file changed, then the exports added, removed
+/// and updated (empty lists left out).
+fn exports_applied_summary(applied: &ExportsApplied) -> String {
+    let mut lines = vec![format!("changed: {}", output::yes_no(applied.changed))];
+    for (label, names) in [
+        ("added", &applied.added),
+        ("removed", &applied.removed),
+        ("updated", &applied.updated),
+    ] {
+        if !names.is_empty() {
+            lines.push(format!("{label}: {}", names.join(", ")));
+        }
+    }
+    lines.join("\n")
 }
 
 /// What a policy run did: counts and time, then every error and every paused dataset.
@@ -262,6 +289,39 @@ mod tests {
         );
         j.result = None;
         assert_eq!(summary(&j), "policy.run tank/labd: succeeded");
+    }
+
+    #[test]
+    fn exports_apply_summary_names_the_file_and_the_changes() {
+        let mut j = job("exports.apply", JobState::Succeeded);
+        j.target = "/etc/exports".into();
+        j.result = Some(serde_json::json!({
+            "file": "/etc/exports",
+            "changed": true,
+            "added": ["photos", "media/music"],
+            "removed": [],
+            "updated": ["backups"],
+        }));
+        assert_eq!(
+            summary(&j),
+            "exports.apply /etc/exports: succeeded\n\
+             changed: yes\n\
+             added: photos, media/music\n\
+             updated: backups"
+        );
+        j.result = Some(serde_json::json!({
+            "file": "/etc/exports",
+            "changed": false,
+            "added": [],
+            "removed": [],
+            "updated": [],
+        }));
+        assert_eq!(
+            summary(&j),
+            "exports.apply /etc/exports: succeeded\nchanged: no"
+        );
+        j.result = None;
+        assert_eq!(summary(&j), "exports.apply /etc/exports: succeeded");
     }
 
     #[test]

@@ -25,6 +25,13 @@ pub fn write_stdout(text: &str) -> io::Result<()> {
     out.flush()
 }
 
+/// Write `text` to stdout exactly as it is (no newline added), and flush.
+pub fn write_stdout_raw(text: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
 /// Write one line to stderr; a failure to write there is ignored (there is nowhere left to
 /// report it).
 pub fn write_stderr(line: &str) {

@@ -30,6 +30,40 @@ pub struct Config {
     pub policies: BTreeMap<String, Policy>,
     /// `[schedule]`: when and how policies run.
     pub schedule: ScheduleConfig,
+    /// `[exports]`: NFS exports.
+    pub exports: ExportsConfig,
+}
+
+/// Which NFS server labd's exports are rendered for and reloaded on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NfsDriver {
+    /// FreeBSD mountd: an exports(5) file named in `mountd_flags`, reloaded with SIGHUP.
+    FreeBsd,
+    /// Linux knfsd: a file in /etc/exports.d, applied with `exportfs -ra`.
+    Linux,
+    /// nfs-ganesha: EXPORT blocks in a file ganesha's config includes, reloaded with SIGHUP.
+    Ganesha,
+}
+
+/// `[exports]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportsConfig {
+    /// Export definitions, one TOML file each.
+    pub dir: PathBuf,
+    /// The NFS server.
+    pub driver: NfsDriver,
+    /// The file labd renders and owns.
+    pub file: PathBuf,
+    /// Pid file of the server to SIGHUP (mountd, ganesha); unused by `linux`.
+    pub pidfile: PathBuf,
+    /// FreeBSD: the NFSv4 root of the `V4:` line.
+    pub v4_root: String,
+    /// Ganesha: the pseudo-path prefix of exports.
+    pub pseudo_prefix: String,
+    /// Other exports files the server reads: labd refuses to export what they export.
+    pub other_files: Vec<PathBuf>,
+    /// Allow networks shorter than /16 (IPv4) or /48 (IPv6).
+    pub allow_short_prefix: bool,
 }
 
 /// `[schedule]`: the policy scheduler.
@@ -117,6 +151,21 @@ struct RawConfig {
     policies: BTreeMap<String, RawPolicy>,
     #[serde(default)]
     schedule: RawSchedule,
+    #[serde(default)]
+    exports: RawExports,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExports {
+    dir: Option<PathBuf>,
+    driver: Option<String>,
+    file: Option<PathBuf>,
+    pidfile: Option<PathBuf>,
+    v4_root: Option<String>,
+    pseudo_prefix: Option<String>,
+    other_files: Option<Vec<PathBuf>>,
+    allow_short_prefix: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -226,7 +275,13 @@ impl Config {
             max_destroy_per_run: raw.schedule.max_destroy_per_run.unwrap_or(1000),
             clock_file: raw.schedule.clock_file,
         };
+        let exports = exports(raw.exports).map_err(|(key, message)| ConfigError::Value {
+            path: path.to_owned(),
+            key,
+            message,
+        })?;
         Ok(Self {
+            exports,
             policies,
             schedule,
             api: ApiConfig {
@@ -242,6 +297,61 @@ impl Config {
             daemon: DaemonConfig { shutdown_grace },
         })
     }
+}
+
+/// Validate `[exports]`; defaults follow the driver, which defaults to the host's OS (chosen
+/// at run time, so every driver is built and tested everywhere).
+fn exports(raw: RawExports) -> Result<ExportsConfig, (&'static str, String)> {
+    let driver = match raw.driver.as_deref() {
+        Some("freebsd") => NfsDriver::FreeBsd,
+        Some("linux") => NfsDriver::Linux,
+        Some("ganesha") => NfsDriver::Ganesha,
+        Some(other) => {
+            return Err((
+                "exports.driver",
+                format!("'{other}' is not one of freebsd, linux, ganesha"),
+            ));
+        }
+        None if std::env::consts::OS == "freebsd" => NfsDriver::FreeBsd,
+        None => NfsDriver::Linux,
+    };
+    let (file, pidfile) = match driver {
+        NfsDriver::FreeBsd => ("/usr/local/etc/labd/exports", "/var/run/mountd.pid"),
+        NfsDriver::Linux => ("/etc/exports.d/labd.exports", "/run/labd-unused.pid"),
+        NfsDriver::Ganesha => (
+            "/etc/ganesha/labd-exports.conf",
+            "/var/run/ganesha/ganesha.pid",
+        ),
+    };
+    let config = ExportsConfig {
+        dir: raw
+            .dir
+            .unwrap_or_else(|| PathBuf::from("/usr/local/etc/labd/exports.d")),
+        driver,
+        file: raw.file.unwrap_or_else(|| PathBuf::from(file)),
+        pidfile: raw.pidfile.unwrap_or_else(|| PathBuf::from(pidfile)),
+        v4_root: raw.v4_root.unwrap_or_else(|| "/".to_owned()),
+        pseudo_prefix: raw.pseudo_prefix.unwrap_or_else(|| "/export".to_owned()),
+        other_files: raw.other_files.unwrap_or_else(|| {
+            ["/etc/exports", "/etc/zfs/exports"]
+                .iter()
+                .map(PathBuf::from)
+                .collect()
+        }),
+        allow_short_prefix: raw.allow_short_prefix.unwrap_or(false),
+    };
+    for (key, path) in [
+        ("exports.dir", &config.dir),
+        ("exports.file", &config.file),
+        ("exports.pidfile", &config.pidfile),
+    ] {
+        if !path.is_absolute() {
+            return Err((key, "must be an absolute path".into()));
+        }
+    }
+    crate::core::exports::check_v4_root(&config.v4_root)
+        .map_err(|e| ("exports.v4_root", e.message))?;
+    Ok(config)
 }
 
 /// Validate one `[policies.NAME]` table; the message names the key.

@@ -428,3 +428,69 @@ pub struct SnapshotDecision {
     /// Why, in rule order.
     pub reasons: Vec<String>,
 }
+
+/// `GET /v1/exports`: one NFS export definition (a whole dataset to some clients).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Export {
+    /// Export name: the dataset's name relative to the root (`photos`).
+    pub name: String,
+    /// Full dataset name.
+    pub dataset: String,
+    /// Where the dataset is mounted (what the server exports), if it is mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mountpoint: Option<String>,
+    /// Who may mount it, and how.
+    pub clients: Vec<ExportClient>,
+}
+
+/// One client of an export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportClient {
+    /// Host address (`192.168.1.20`) or network (`192.168.1.0/24`, `fd00::/64`).
+    pub address: String,
+    /// `rw` (default) or `ro`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<String>,
+    /// Root's identity on the server: `root`, `nobody` (default) or `UID:GID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maproot: Option<String>,
+    /// Everyone's identity on the server: `root`, `nobody` or `UID:GID` (excludes `maproot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapall: Option<String>,
+    /// Security flavors, most preferred first: `sys` (default), `krb5`, `krb5i`, `krb5p`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sec: Option<Vec<String>>,
+}
+
+/// `PUT /v1/exports/{name}`: the whole definition of one export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutExport {
+    /// Clients (at least one).
+    pub clients: Vec<ExportClient>,
+}
+
+/// Query of `GET /v1/exports/render`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenderQuery {
+    /// `freebsd`, `linux` or `ganesha`; default: the configured driver.
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// The result of a `exports.apply` job.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExportsApplied {
+    /// The file written.
+    pub file: String,
+    /// Whether the file changed (and the server was reloaded).
+    pub changed: bool,
+    /// Exports added since the last apply.
+    pub added: Vec<String>,
+    /// Exports removed.
+    pub removed: Vec<String>,
+    /// Exports whose lines changed.
+    pub updated: Vec<String>,
+}

@@ -5,7 +5,7 @@
 # Prints "started-zfs-fuse" on stdout when it started zfs-fuse, so callers can stop it again.
 set -eu
 
-PACKAGES="zfs-fuse shellcheck procps"
+PACKAGES="zfs-fuse shellcheck procps nfs-ganesha nfs-ganesha-vfs libnfs-utils"
 
 missing=""
 for p in $PACKAGES; do
@@ -16,7 +16,8 @@ if [ -n "$missing" ]; then
     echo "installing:$missing" >&2
     apt-get update -qq >&2
     # shellcheck disable=SC2086 # word splitting of the package list is intended
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        -o DPkg::Lock::Timeout=600 $missing >&2
 fi
 
 # The FreeBSD target is only type-checked; its absence is not an error.

@@ -437,3 +437,110 @@ impl Drop for EventStream {
         let _ = self.child.wait();
     }
 }
+
+/// A userspace NFSv4 server (nfs-ganesha) on a free loopback port, serving the exports file
+/// labd renders (`[exports] driver = "ganesha"`). Stopped on drop.
+#[derive(Debug)]
+pub struct Ganesha {
+    child: Child,
+    /// The NFS port.
+    pub port: u16,
+    /// The file of EXPORT blocks that ganesha's configuration includes (labd writes it).
+    pub exports_file: PathBuf,
+    /// ganesha's pid file (labd sends SIGHUP to it).
+    pub pidfile: PathBuf,
+    dir: PathBuf,
+}
+
+impl Ganesha {
+    /// Start ganesha with its state under `dir`.
+    pub fn start(dir: &Path) -> Self {
+        let dir = dir.join("ganesha");
+        fs::create_dir_all(dir.join("recovery")).expect("ganesha dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let exports_file = dir.join("exports.conf");
+        fs::write(&exports_file, "").expect("exports file");
+        let pidfile = dir.join("ganesha.pid");
+        let config = dir.join("ganesha.conf");
+        fs::write(
+            &config,
+            format!(
+                "NFS_CORE_PARAM {{ Protocols = 4; Bind_addr = 127.0.0.1; NFS_Port = {port}; \
+                 Enable_NLM = false; Enable_RQUOTA = false; Enable_UDP = false; }}\n\
+                 NFSv4 {{ Graceless = true; RecoveryBackend = fs; RecoveryRoot = \"{}\"; \
+                 Only_Numeric_Owners = true; }}\n\
+                 %include \"{}\"\n",
+                dir.join("recovery").display(),
+                exports_file.display()
+            ),
+        )
+        .expect("ganesha config");
+        let child = Command::new("ganesha.nfsd")
+            .arg("-F")
+            .arg("-f")
+            .arg(&config)
+            .arg("-L")
+            .arg(dir.join("ganesha.log"))
+            .arg("-p")
+            .arg(&pidfile)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ganesha.nfsd (install nfs-ganesha nfs-ganesha-vfs)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "ganesha did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            port,
+            exports_file,
+            pidfile,
+            dir,
+        }
+    }
+
+    /// The `[exports]` table (for [`LabOptions::tables`]) that makes a lab's labd drive the
+    /// ganesha that `Ganesha::start(&lab.dir)` starts.
+    pub const LABD_CONFIG: &str = "[exports]\ndriver = \"ganesha\"\ndir = \"{dir}/exports.d\"\n\
+        file = \"{dir}/ganesha/exports.conf\"\npidfile = \"{dir}/ganesha/ganesha.pid\"\n\
+        other_files = []\n";
+
+    /// An `nfs://` URL of `path` below the NFSv4 pseudo root, for libnfs (`nfs-cat`, `nfs-cp`),
+    /// with the caller's uid and gid.
+    pub fn url(&self, path: &str, uid: u32, gid: u32) -> String {
+        format!(
+            "nfs://127.0.0.1{path}?version=4&nfsport={}&uid={uid}&gid={gid}",
+            self.port
+        )
+    }
+
+    /// ganesha's log.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("ganesha.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Ganesha {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

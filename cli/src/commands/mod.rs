@@ -3,6 +3,7 @@
 
 mod dataset;
 mod events;
+mod export;
 mod job;
 mod policy;
 mod status;
@@ -44,6 +45,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dataset(cmd) => dataset::run(&ctx, cmd).await,
         Command::Job(cmd) => job::run(&ctx, cmd).await,
         Command::Policy(cmd) => policy::run(&ctx, cmd).await,
+        Command::Export(cmd) => export::run(&ctx, cmd).await,
         Command::Events => events::run(&ctx).await,
     }
 }

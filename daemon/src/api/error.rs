@@ -54,7 +54,8 @@ pub fn status_of(e: &Error) -> StatusCode {
             | Refusal::Held
             | Refusal::NewerSnapshots
             | Refusal::NotManaged
-            | Refusal::RootDataset => StatusCode::CONFLICT,
+            | Refusal::RootDataset
+            | Refusal::Exported => StatusCode::CONFLICT,
         },
         Error::ShuttingDown | Error::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
         Error::Zfs(ZfsError::Command { kind, .. }) => match kind {

@@ -145,6 +145,50 @@ pub(super) async fn release(
     accepted(s.core.hold(&name, &snap, req, false, peer.0))
 }
 
+pub(super) async fn list_exports(State(s): State<AppState>) -> ApiResult<Json<Vec<wire::Export>>> {
+    Ok(Json(s.core.list_exports().await?))
+}
+
+pub(super) async fn get_export(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<wire::Export>> {
+    Ok(Json(s.core.get_export(&name).await?))
+}
+
+pub(super) async fn put_export(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+    Body(req): Body<wire::PutExport>,
+) -> ApiResult<Json<wire::Export>> {
+    Ok(Json(s.core.put_export(&name, req, peer.0).await?))
+}
+
+pub(super) async fn remove_export(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.core.remove_export(&name, peer.0)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `text/plain`: the file labd would write.
+pub(super) async fn render_exports(
+    State(s): State<AppState>,
+    Query(q): Query<wire::RenderQuery>,
+) -> ApiResult<String> {
+    Ok(s.core.render_exports(q.format.as_deref()).await?)
+}
+
+pub(super) async fn apply_exports(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> ApiResult<Response> {
+    accepted(s.core.apply_exports(peer.0))
+}
+
 pub(super) async fn list_policies(
     State(s): State<AppState>,
 ) -> ApiResult<Json<Vec<wire::PolicyInfo>>> {

@@ -154,6 +154,15 @@ fn router(state: AppState) -> Router {
         .route(snap, axum::routing::delete(h::destroy_snapshot))
         .route(&format!("{snap}/explain"), get(h::explain))
         .route("/v1/datasets/{name}/plan", get(h::plan))
+        .route("/v1/exports", get(h::list_exports))
+        .route("/v1/exports/render", get(h::render_exports))
+        .route("/v1/exports/apply", post(h::apply_exports))
+        .route(
+            "/v1/exports/{name}",
+            get(h::get_export)
+                .put(h::put_export)
+                .delete(h::remove_export),
+        )
         .route("/v1/policies", get(h::list_policies))
         .route("/v1/policies/run", post(h::run_policies))
         .route("/v1/policies/{name}", get(h::get_policy))

@@ -223,6 +223,17 @@ async fn destroy_dataset_job(
             ),
         ));
     }
+    let exported = super::nfs::exported_within(&host, &ds)?;
+    if !exported.is_empty() {
+        return Err(Error::refused(
+            Refusal::Exported,
+            format!(
+                "{ds} is exported over NFS (export {}); remove the export and apply first \
+                 (labctl export remove, labctl export apply)",
+                list(&exported.iter().map(String::as_str).collect::<Vec<_>>())
+            ),
+        ));
+    }
     let snaps = host.zfs.snapshots(&ds, req.recursive).await?;
     refuse_held(&snaps)?;
     if !req.recursive && !snaps.is_empty() {

@@ -21,6 +21,8 @@ pub enum Refusal {
     NotManaged,
     /// The configured root dataset itself.
     RootDataset,
+    /// An NFS export uses the dataset.
+    Exported,
 }
 
 impl Refusal {
@@ -33,6 +35,7 @@ impl Refusal {
             Self::NewerSnapshots => "newer_snapshots",
             Self::NotManaged => "not_managed",
             Self::RootDataset => "root_dataset",
+            Self::Exported => "exported",
         }
     }
 }

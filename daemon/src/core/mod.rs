@@ -4,9 +4,11 @@
 
 mod datasets;
 pub mod error;
+pub mod exports;
 pub mod jobs;
 mod locks;
 pub mod names;
+mod nfs;
 mod policy;
 pub mod props;
 pub mod retention;

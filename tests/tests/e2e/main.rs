@@ -6,5 +6,6 @@
 
 mod daemon;
 mod datasets;
+mod exports;
 mod policies;
 mod refusals;
