@@ -9,7 +9,7 @@
 //! reads), renders the file, and installs it only if every check passed; the old file and the
 //! server stay as they were otherwise.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use serde_json::json;
@@ -141,18 +141,30 @@ async fn build(host: &Host, specs: &BTreeMap<String, ExportSpec>) -> Result<Vec<
     let root = &host.config.zfs.root;
     let mut out = Vec::new();
     let mut problems: Vec<ExportError> = Vec::new();
+    // One `zfs get -r` for every dataset, not one per export.
+    let mut props: HashMap<(String, String), String> = HashMap::new();
+    if !specs.is_empty() {
+        for row in host
+            .zfs
+            .get_props(root, "mounted,mountpoint,sharenfs", true)
+            .await?
+        {
+            props.insert((row.name, row.property), row.value);
+        }
+    }
     for (name, spec) in specs {
         let ds = super::names::resolve_dataset(root, &spec.dataset)
             .map_err(|e| Error::name(&format!("exports.{name}.dataset"), &e))?;
         let clients = spec.clients().map_err(|e| export_error(&e))?;
-        let rows = host
-            .zfs
-            .get_props(&ds, "mounted,mountpoint,sharenfs", false)
-            .await?;
+        if !props.contains_key(&(ds.to_string(), "mountpoint".to_owned())) {
+            return Err(Error::NotFound {
+                what: format!("{ds} (dataset of export '{name}')"),
+            });
+        }
         let get = |p: &str| {
-            rows.iter()
-                .find(|r| r.property == p)
-                .map(|r| r.value.clone())
+            props
+                .get(&(ds.to_string(), p.to_owned()))
+                .cloned()
                 .unwrap_or_default()
         };
         let mountpoint = get("mountpoint");
@@ -235,19 +247,26 @@ impl Core {
     /// Every export definition.
     pub async fn list_exports(&self) -> Result<Vec<wire::Export>, Error> {
         let host = self.host();
+        let root = &host.config.zfs.root;
         let specs = load(&host)?;
+        let mountpoints: HashMap<String, String> = if specs.is_empty() {
+            HashMap::new()
+        } else {
+            host.zfs
+                .get_props(root, "mountpoint", true)
+                .await?
+                .into_iter()
+                .map(|r| (r.name, r.value))
+                .collect()
+        };
         let mut out = Vec::new();
         for (name, spec) in &specs {
-            let dataset = super::names::resolve_dataset(&host.config.zfs.root, &spec.dataset)
+            let dataset = super::names::resolve_dataset(root, &spec.dataset)
                 .map_err(|e| Error::name("dataset", &e))?;
-            let mountpoint = host
-                .zfs
-                .get_props(&dataset, "mountpoint", false)
-                .await
-                .ok()
-                .and_then(|rows| rows.into_iter().next())
-                .map(|r| r.value)
-                .filter(|m| m.starts_with('/'));
+            let mountpoint = mountpoints
+                .get(dataset.as_str())
+                .filter(|m| m.starts_with('/'))
+                .cloned();
             out.push(wire::Export {
                 name: name.clone(),
                 dataset: dataset.to_string(),

@@ -127,6 +127,25 @@ fn exports_are_served_squashed_and_withdrawn() {
     let cat = nfs_cat(&nfs.url("/export/media/song.txt", 0, 0));
     assert_eq!(cat.stdout, "la la\n", "{cat:#?}");
 
+    // A definition edited by hand into a world export is rejected at apply: the server's file
+    // stays as it was and the server keeps serving.
+    let served = std::fs::read_to_string(&nfs.exports_file).expect("ganesha's file");
+    let docs_def = std::fs::read_to_string(defs.join("docs.toml")).expect("definition");
+    std::fs::write(
+        defs.join("docs.toml"),
+        "dataset = \"docs\"\n[[client]]\naddress = \"0.0.0.0/0\"\n",
+    )
+    .expect("hand edit");
+    let out = lab.labctl(&["export", "apply"]).code(1);
+    assert!(out.stderr.contains("world"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&nfs.exports_file).expect("file"),
+        served
+    );
+    let cat = nfs_cat(&nfs.url("/export/docs/secret.txt", 0, 0));
+    assert_eq!(cat.stdout, "root only\n", "{cat:#?}");
+    std::fs::write(defs.join("docs.toml"), docs_def).expect("restore");
+
     // An exported dataset cannot be destroyed.
     let out = lab
         .labctl(&["dataset", "destroy", "photos", "-r", "-f"])
