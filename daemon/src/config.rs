@@ -32,6 +32,44 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     /// `[exports]`: NFS exports.
     pub exports: ExportsConfig,
+    /// `[metrics]`: Prometheus metrics.
+    pub metrics: MetricsConfig,
+    /// `[mqtt]`: publishing to an MQTT broker (off when absent).
+    pub mqtt: Option<MqttConfig>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Also serve `GET /metrics` over plain HTTP on this address (loopback or a trusted
+    /// network); it is always served on the API socket.
+    pub listen: Option<std::net::SocketAddr>,
+    /// How often the pool and dataset figures are re-read from ZFS (labd's own changes
+    /// refresh them sooner).
+    pub refresh: Duration,
+}
+
+/// `[mqtt]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// User name, if the broker wants one.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// MQTT client id.
+    pub client_id: String,
+    /// Prefix of every topic (default `homelab/labd/<hostname>`).
+    pub topic_prefix: String,
+    /// How often retained state is published again even without changes.
+    pub interval: Duration,
+    /// Messages queued while the broker is away; beyond this they are dropped and counted.
+    pub buffer: usize,
+    /// Publish Home Assistant MQTT discovery documents.
+    pub home_assistant: bool,
 }
 
 /// Which NFS server labd's exports are rendered for and reloaded on.
@@ -153,6 +191,29 @@ struct RawConfig {
     schedule: RawSchedule,
     #[serde(default)]
     exports: RawExports,
+    #[serde(default)]
+    metrics: RawMetrics,
+    mqtt: Option<RawMqtt>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+    refresh: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    url: String,
+    username: Option<String>,
+    password: Option<String>,
+    client_id: Option<String>,
+    topic_prefix: Option<String>,
+    interval: Option<String>,
+    buffer: Option<usize>,
+    home_assistant: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -280,7 +341,28 @@ impl Config {
             key,
             message,
         })?;
+        let metrics = MetricsConfig {
+            listen: match raw.metrics.listen {
+                Some(s) => Some(s.parse().map_err(|_| {
+                    value_error(
+                        "metrics.listen",
+                        format!("'{s}' is not an address such as 127.0.0.1:9101"),
+                    )
+                })?),
+                None => None,
+            },
+            refresh: match raw.metrics.refresh {
+                Some(s) => parse_duration(&s).map_err(|m| value_error("metrics.refresh", m))?,
+                None => Duration::from_secs(60),
+            },
+        };
+        let mqtt = match raw.mqtt {
+            Some(m) => Some(mqtt(m).map_err(|(key, message)| value_error(key, message))?),
+            None => None,
+        };
         Ok(Self {
+            metrics,
+            mqtt,
             exports,
             policies,
             schedule,
@@ -297,6 +379,61 @@ impl Config {
             daemon: DaemonConfig { shutdown_grace },
         })
     }
+}
+
+/// This host's name, for default topic and client names.
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "labd".to_owned())
+}
+
+/// Validate `[mqtt]`: `url` is `mqtt://host[:port]` (TLS is not supported yet).
+fn mqtt(raw: RawMqtt) -> Result<MqttConfig, (&'static str, String)> {
+    let rest = raw.url.strip_prefix("mqtt://").ok_or((
+        "mqtt.url",
+        format!(
+            "'{}' must start with mqtt:// (TLS, mqtts://, is not supported yet)",
+            raw.url
+        ),
+    ))?;
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| ("mqtt.url", format!("bad port in '{}'", raw.url)))?,
+        ),
+        None => (rest, 1883),
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(("mqtt.url", format!("no host in '{}'", raw.url)));
+    }
+    let name = hostname();
+    let topic_prefix = raw
+        .topic_prefix
+        .unwrap_or_else(|| format!("homelab/labd/{name}"));
+    if topic_prefix.is_empty() || topic_prefix.ends_with('/') || topic_prefix.contains(['+', '#']) {
+        return Err((
+            "mqtt.topic_prefix",
+            "must be non-empty, without a trailing '/' and without wildcards (+, #)".into(),
+        ));
+    }
+    Ok(MqttConfig {
+        host: host.to_owned(),
+        port,
+        username: raw.username,
+        password: raw.password,
+        client_id: raw.client_id.unwrap_or_else(|| format!("labd-{name}")),
+        topic_prefix,
+        interval: match raw.interval {
+            Some(s) => parse_duration(&s).map_err(|m| ("mqtt.interval", m))?,
+            None => Duration::from_secs(60),
+        },
+        buffer: raw.buffer.unwrap_or(1000),
+        home_assistant: raw.home_assistant.unwrap_or(false),
+    })
 }
 
 /// Validate `[exports]`; defaults follow the driver, which defaults to the host's OS (chosen

@@ -35,7 +35,25 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(api::serve(listener, Arc::clone(&core), stop_rx.clone()));
-    let scheduler = tokio::spawn(crate::core::schedule::run(Arc::clone(&core), stop_rx));
+    let scheduler = tokio::spawn(crate::core::schedule::run(
+        Arc::clone(&core),
+        stop_rx.clone(),
+    ));
+    let metrics = tokio::spawn(crate::metrics::run(Arc::clone(&core), stop_rx.clone()));
+    if let Some(addr) = config.metrics.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("metrics.listen: cannot listen on {addr}"))?;
+        tokio::spawn(api::serve_metrics(
+            listener,
+            Arc::clone(&core),
+            stop_rx.clone(),
+        ));
+    }
+    let mqtt = config
+        .mqtt
+        .clone()
+        .map(|m| tokio::spawn(crate::mqtt::run(Arc::clone(&core), m, stop_rx)));
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
@@ -54,6 +72,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     );
     stop_tx.send_replace(true);
     let _ = scheduler.await;
+    let _ = metrics.await;
     core.jobs.shutdown(grace).await;
     core.events
         .publish("daemon.stopped", "labd", None, json!({}));
@@ -62,6 +81,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
         Err(_) => tracing::warn!("open connections did not close in 5s"),
+    }
+    if let Some(mqtt) = mqtt {
+        // It publishes `offline` and disconnects; bounded so a dead broker cannot hold us.
+        let _ = tokio::time::timeout(Duration::from_secs(5), mqtt).await;
     }
     api::unlink(&socket);
     tracing::info!("labd stopped");

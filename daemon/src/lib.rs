@@ -19,4 +19,6 @@ mod core;
 pub mod daemon;
 mod events;
 mod host;
+mod metrics;
+mod mqtt;
 pub mod wire;

@@ -288,6 +288,17 @@ pub(super) async fn events(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
+/// `GET /metrics`: Prometheus text exposition format.
+pub(super) async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.core.metrics.render(),
+    )
+}
+
 pub(super) async fn no_route() -> ApiError {
     ApiError::not_found("no such route")
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::connect_info::Connected;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::serve::IncomingStream;
@@ -173,9 +173,53 @@ fn router(state: AppState) -> Router {
         .route("/v1/jobs", get(h::list_jobs))
         .route("/v1/jobs/{id}", get(h::get_job))
         .route("/v1/events", get(h::events))
+        .route("/metrics", get(h::metrics))
         .fallback(h::no_route)
         .method_not_allowed_fallback(h::no_method)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_request,
+        ))
         .with_state(state)
+}
+
+/// Count every request by method, route pattern and status, with its latency.
+async fn count_request(
+    State(state): State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    state.core.metrics.observe_request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// Serve only `GET /metrics` on a TCP listener (`[metrics] listen`) until `stop`.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    core: Arc<Core>,
+    stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(handlers::metrics))
+        .with_state(AppState { core });
+    let mut stop = stop;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
 }
 
 /// A JSON body whose rejections are API errors naming the body.

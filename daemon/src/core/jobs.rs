@@ -218,6 +218,10 @@ impl Jobs {
         if let Some(error) = &job.error {
             data["error"] = serde_json::json!(error);
         }
+        if let (Some(start), Some(end)) = (job.started_at, job.finished_at) {
+            let ms = end.duration_since(start).as_millis_f64();
+            data["duration_ms"] = serde_json::json!(ms);
+        }
         self.events.publish(kind, &job.target, job.actor, data);
     }
 

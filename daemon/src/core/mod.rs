@@ -82,6 +82,8 @@ pub struct Core {
     pub jobs: jobs::Jobs,
     /// Event bus.
     pub events: EventBus,
+    /// Prometheus metrics.
+    pub metrics: crate::metrics::Metrics,
     policy_state: std::sync::Mutex<policy::PolicyState>,
 }
 
@@ -93,6 +95,7 @@ impl Core {
             host: RwLock::new(Arc::new(host)),
             jobs: jobs::Jobs::new(events.clone()),
             events,
+            metrics: crate::metrics::Metrics::default(),
             policy_state: std::sync::Mutex::default(),
         }
     }
