@@ -259,83 +259,23 @@ fn dataset(name: &str) -> Result<DatasetName, Error> {
     DatasetName::parse(name).map_err(|e| Error::Internal(format!("zfs listed a bad name: {e}")))
 }
 
-/// Run every policy under the root once, at `at`.
-pub async fn run(
+/// Take the planned snapshots: one `zfs snapshot -r` per fully covered subtree, the rest
+/// batched. Returns the datasets whose snapshot could not be taken.
+async fn take_all(
     host: &Host,
     events: &EventBus,
-    at: Timestamp,
-    clock_jumped: bool,
-) -> Result<wire::PolicyRun, Error> {
-    let started = Instant::now();
-    let mut report = wire::PolicyRun {
-        at: Some(at),
-        ..wire::PolicyRun::default()
-    };
-    let rows = host
-        .zfs
-        .get_with_snapshots(&host.config.zfs.root, INVENTORY_PROPERTIES, true)
-        .await?;
-    let inventory = inventory_from_rows(&rows);
-    let all: Vec<&str> = inventory.iter().map(|d| d.name.as_str()).collect();
+    takes: &BTreeMap<(String, String, String), BTreeSet<&str>>,
+    all: &[&str],
+    report: &mut wire::PolicyRun,
+) -> Result<BTreeSet<String>, Error> {
     let caps = host.zfs.capabilities();
-
-    // Plan every dataset.
-    let mut takes: BTreeMap<(String, String, String), BTreeSet<&str>> = BTreeMap::new();
-    let mut destroys: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    let mut plans = Vec::new();
-    for entry in &inventory {
-        let policy = match policy_of(host, entry) {
-            Ok(Some(p)) => p,
-            Ok(None) => continue,
-            Err(e) => {
-                report.errors.push(e);
-                continue;
-            }
-        };
-        plans.push((
-            entry,
-            policy,
-            retention::plan(policy, &entry.snaps, at, options(host, clock_jumped)),
-        ));
-    }
-    for (entry, policy, plan) in &plans {
-        if let Some(reason) = &plan.pruning_paused {
-            report.paused.insert(entry.name.clone(), reason.clone());
-        }
-        if let Some(take) = &plan.take {
-            let pool = entry.name.split('/').next().unwrap_or_default().to_owned();
-            takes
-                .entry((pool, policy.name.clone(), take.name.clone()))
-                .or_default()
-                .insert(entry.name.as_str());
-        }
-        let doomed: Vec<&str> = plan
-            .decisions
-            .iter()
-            .filter(|d| d.action == Action::Destroy)
-            .map(|d| d.snapshot.as_str())
-            .collect();
-        if !doomed.is_empty() {
-            destroys.insert(entry.name.as_str(), doomed);
-        }
-    }
-    if !report.paused.is_empty() {
-        events.publish(
-            "policy.pruning_paused",
-            &host.config.zfs.root.to_string(),
-            None,
-            json!({"datasets": report.paused}),
-        );
-    }
-
-    // Take: one `-r` per fully covered subtree, the rest batched.
     let mut failed_takes: BTreeSet<String> = BTreeSet::new();
-    for ((_, policy, name), members) in &takes {
+    for ((_, policy, name), members) in takes {
         let marker = super::props::Assignment {
             name: POLICY_PROPERTY.to_owned(),
             value: policy.clone(),
         };
-        let (roots, singles) = subtree_roots(members, &all);
+        let (roots, singles) = subtree_roots(members, all);
         let mut batches: Vec<(Vec<String>, bool)> =
             roots.into_iter().map(|r| (vec![r], true)).collect();
         if !singles.is_empty() {
@@ -397,12 +337,21 @@ pub async fn run(
         }
     }
 
-    // The plans counted on the new snapshots: no pruning where one could not be taken.
-    destroys.retain(|ds, _| !failed_takes.contains(*ds));
+    Ok(failed_takes)
+}
 
-    // Destroy: one `-r` where every copy of a name in a subtree is due, the rest batched.
+/// Destroy the snapshots the plans doomed: one `zfs destroy -r ds@name` where every copy of
+/// a name in a subtree is due, the rest batched per dataset. Returns what was destroyed.
+async fn prune_all(
+    host: &Host,
+    inventory: &[DatasetEntry],
+    all: &[&str],
+    destroys: &BTreeMap<&str, Vec<&str>>,
+    report: &mut wire::PolicyRun,
+) -> Result<BTreeSet<(String, String)>, Error> {
+    let caps = host.zfs.capabilities();
     let mut by_name: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for (ds, names) in &destroys {
+    for (ds, names) in destroys {
         for n in names {
             by_name.entry(n).or_default().insert(ds);
         }
@@ -445,7 +394,7 @@ pub async fn run(
             }
         }
     }
-    for (ds, names) in &destroys {
+    for (ds, names) in destroys {
         let left: Vec<&str> = names
             .iter()
             .copied()
@@ -474,6 +423,82 @@ pub async fn run(
                 .push(format!("destroy {ds}@{}: {e}", left.join(","))),
         }
     }
+    Ok(done)
+}
+
+/// Run every policy under the root once, at `at`.
+pub async fn run(
+    host: &Host,
+    events: &EventBus,
+    at: Timestamp,
+    clock_jumped: bool,
+) -> Result<wire::PolicyRun, Error> {
+    let started = Instant::now();
+    let mut report = wire::PolicyRun {
+        at: Some(at),
+        ..wire::PolicyRun::default()
+    };
+    let rows = host
+        .zfs
+        .get_with_snapshots(&host.config.zfs.root, INVENTORY_PROPERTIES, true)
+        .await?;
+    let inventory = inventory_from_rows(&rows);
+    let all: Vec<&str> = inventory.iter().map(|d| d.name.as_str()).collect();
+
+    // Plan every dataset.
+    let mut takes: BTreeMap<(String, String, String), BTreeSet<&str>> = BTreeMap::new();
+    let mut destroys: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut plans = Vec::new();
+    for entry in &inventory {
+        let policy = match policy_of(host, entry) {
+            Ok(Some(p)) => p,
+            Ok(None) => continue,
+            Err(e) => {
+                report.errors.push(e);
+                continue;
+            }
+        };
+        plans.push((
+            entry,
+            policy,
+            retention::plan(policy, &entry.snaps, at, options(host, clock_jumped)),
+        ));
+    }
+    for (entry, policy, plan) in &plans {
+        if let Some(reason) = &plan.pruning_paused {
+            report.paused.insert(entry.name.clone(), reason.clone());
+        }
+        if let Some(take) = &plan.take {
+            let pool = entry.name.split('/').next().unwrap_or_default().to_owned();
+            takes
+                .entry((pool, policy.name.clone(), take.name.clone()))
+                .or_default()
+                .insert(entry.name.as_str());
+        }
+        let doomed: Vec<&str> = plan
+            .decisions
+            .iter()
+            .filter(|d| d.action == Action::Destroy)
+            .map(|d| d.snapshot.as_str())
+            .collect();
+        if !doomed.is_empty() {
+            destroys.insert(entry.name.as_str(), doomed);
+        }
+    }
+    if !report.paused.is_empty() {
+        events.publish(
+            "policy.pruning_paused",
+            &host.config.zfs.root.to_string(),
+            None,
+            json!({"datasets": report.paused}),
+        );
+    }
+
+    let failed_takes = take_all(host, events, &takes, &all, &mut report).await?;
+
+    // The plans counted on the new snapshots: no pruning where one could not be taken.
+    destroys.retain(|ds, _| !failed_takes.contains(*ds));
+    let done = prune_all(host, &inventory, &all, &destroys, &mut report).await?;
     for (ds, n) in &done {
         let full = format!("{ds}@{n}");
         events.publish("snapshot.destroyed", &full, None, json!({"by": "policy"}));
