@@ -7,5 +7,7 @@
 mod daemon;
 mod datasets;
 mod exports;
+mod metrics;
+mod mqtt;
 mod policies;
 mod refusals;
