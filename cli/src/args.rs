@@ -66,7 +66,16 @@ pub enum Command {
     #[command(subcommand)]
     Export(ExportCommand),
     /// Follow labd's event stream until it ends.
-    Events,
+    Events {
+        /// Only these kinds (repeatable or comma-separated); `job.` (ending in a dot) is a
+        /// prefix: every `job.*` event.
+        #[arg(long, value_delimiter = ',')]
+        kind: Vec<String>,
+        /// Only events about this resource or what lies below it (a dataset, snapshot or
+        /// export name, short or full).
+        #[arg(long)]
+        resource: Option<String>,
+    },
 }
 
 /// `labctl dataset …`.

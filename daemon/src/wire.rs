@@ -494,3 +494,17 @@ pub struct ExportsApplied {
     /// Exports whose lines changed.
     pub updated: Vec<String>,
 }
+
+/// Query of `GET /v1/events`: which events to receive (all when empty).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventFilter {
+    /// Comma-separated kinds; an entry ending in `.` is a prefix (`job.,snapshot.created`).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// A resource: events about it or anything below it (`tank/labd/photos` also matches
+    /// `tank/labd/photos/2024` and `tank/labd/photos@s1`). A short dataset name matches both
+    /// as given (export events) and resolved under the root.
+    #[serde(default)]
+    pub resource: Option<String>,
+}

@@ -335,8 +335,13 @@ impl Lab {
 
     /// Follow `labctl --output json events` in the background.
     pub fn events(&self) -> EventStream {
+        self.events_with(&[])
+    }
+
+    /// Follow `labctl --output json events ARGS…` (filters) in the background.
+    pub fn events_with(&self, args: &[&str]) -> EventStream {
         let mut child = self
-            .labctl_cmd(&["--output", "json", "events"])
+            .labctl_cmd(&[&["--output", "json", "events"], args].concat())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -8,6 +8,7 @@ use labd::wire::Event;
 
 use super::Ctx;
 use crate::args::OutputFormat;
+use crate::client::encode_query_value;
 use crate::output;
 use crate::sse::{SseMessage, SseParser};
 
@@ -18,15 +19,32 @@ const PATH: &str = "/v1/events";
 #[error("event stream lagged: {0}")]
 struct Lagged(String);
 
-/// Run `labctl events`.
-pub async fn run(ctx: &Ctx) -> anyhow::Result<()> {
-    let mut resp = ctx.client.stream(PATH).await?;
+/// The stream's path with the server-side filter.
+fn path(kinds: &[String], resource: Option<&str>) -> String {
+    let mut query = Vec::new();
+    if !kinds.is_empty() {
+        query.push(format!("kind={}", encode_query_value(&kinds.join(","))));
+    }
+    if let Some(r) = resource {
+        query.push(format!("resource={}", encode_query_value(r)));
+    }
+    if query.is_empty() {
+        PATH.to_owned()
+    } else {
+        format!("{PATH}?{}", query.join("&"))
+    }
+}
+
+/// Run `labctl events`, optionally filtered by kinds and a resource (labd filters).
+pub async fn run(ctx: &Ctx, kinds: &[String], resource: Option<&str>) -> anyhow::Result<()> {
+    let path = path(kinds, resource);
+    let mut resp = ctx.client.stream(&path).await?;
     let mut parser = SseParser::new();
     loop {
         let chunk = match resp.chunk().await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => return Ok(()),
-            Err(e) => return Err(ctx.client.stream_error(PATH, &e).into()),
+            Err(e) => return Err(ctx.client.stream_error(&path, &e).into()),
         };
         for msg in parser.push(&chunk) {
             handle(ctx.format, &msg)?;
@@ -71,6 +89,16 @@ fn line(e: &Event) -> String {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn filters_go_in_the_query() {
+        assert_eq!(super::path(&[], None), "/v1/events");
+        let kinds = ["job.".to_owned(), "snapshot.created".to_owned()];
+        assert_eq!(
+            super::path(&kinds, Some("tank/labd/photos")),
+            "/v1/events?kind=job.%2Csnapshot.created&resource=tank%2Flabd%2Fphotos"
+        );
+    }
 
     use super::*;
 

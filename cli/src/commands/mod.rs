@@ -46,6 +46,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job(cmd) => job::run(&ctx, cmd).await,
         Command::Policy(cmd) => policy::run(&ctx, cmd).await,
         Command::Export(cmd) => export::run(&ctx, cmd).await,
-        Command::Events => events::run(&ctx).await,
+        Command::Events { kind, resource } => events::run(&ctx, &kind, resource.as_deref()).await,
     }
 }

@@ -254,36 +254,50 @@ pub(super) async fn get_job(
 /// re-read state.
 pub(super) async fn events(
     State(s): State<AppState>,
+    Query(q): Query<wire::EventFilter>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let mut resources = Vec::new();
+    if let Some(r) = q.resource {
+        let resolved = s.core.resolve_resource(&r);
+        if resolved != r {
+            resources.push(resolved);
+        }
+        resources.push(r);
+    }
+    let filter = crate::events::Filter::new(q.kind.as_deref(), resources);
     let rx = s.core.events.subscribe();
-    let stream = futures_util::stream::unfold((rx, false), |(mut rx, ended)| async move {
+    let state = (rx, false, filter);
+    let stream = futures_util::stream::unfold(state, |(mut rx, ended, filter)| async move {
         if ended {
             return None;
         }
-        let (event, last) = match rx.recv().await {
-            Ok(ev) => {
-                let last = ev.kind == "daemon.stopped";
-                (ev, last)
+        let (event, last) = loop {
+            match rx.recv().await {
+                Ok(ev) if !filter.matches(&ev) => {}
+                Ok(ev) => {
+                    let last = ev.kind == "daemon.stopped";
+                    break (ev, last);
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    let ev = wire::Event {
+                        seq: 0,
+                        time: jiff::Timestamp::now(),
+                        kind: "lagged".to_owned(),
+                        resource: "events".to_owned(),
+                        actor: None,
+                        data: serde_json::json!({"missed": missed}),
+                    };
+                    break (ev, true);
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
             }
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                let ev = wire::Event {
-                    seq: 0,
-                    time: jiff::Timestamp::now(),
-                    kind: "lagged".to_owned(),
-                    resource: "events".to_owned(),
-                    actor: None,
-                    data: serde_json::json!({"missed": missed}),
-                };
-                (ev, true)
-            }
-            Err(broadcast::error::RecvError::Closed) => return None,
         };
         let sse = SseEvent::default()
             .event(event.kind.clone())
             .id(event.seq.to_string())
             .json_data(&event)
             .unwrap_or_else(|_| SseEvent::default().comment("unserializable event"));
-        Some((Ok(sse), (rx, last)))
+        Some((Ok(sse), (rx, last, filter)))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

@@ -306,6 +306,18 @@ impl Core {
         })
     }
 
+    /// A resource name for event filters: a dataset or snapshot name resolved under the root
+    /// when it is one, anything else (a job target, `labd`) as given.
+    pub fn resolve_resource(&self, input: &str) -> String {
+        let root = &self.host().config.zfs.root;
+        if input.contains('@') {
+            names::resolve_snapshot(root, input)
+                .map_or_else(|_| input.to_owned(), |s| s.to_string())
+        } else {
+            names::resolve_dataset(root, input).map_or_else(|_| input.to_owned(), |d| d.to_string())
+        }
+    }
+
     /// Resolve a user's dataset name under the root.
     pub(super) fn resolve(&self, field: &str, input: &str) -> Result<DatasetName, Error> {
         self.refuse_other_pool(field, input)?;

@@ -29,6 +29,32 @@ fn socket_is_0660_and_events_name_the_caller() {
 }
 
 #[test]
+fn events_can_be_filtered_by_kind_and_resource() {
+    let lab = Lab::start();
+    let events = lab.events_with(&["--kind", "dataset.", "--resource", "photos"]);
+    lab.labctl(&["dataset", "create", "music"]).ok();
+    lab.labctl(&["dataset", "create", "photos"]).ok();
+    lab.labctl(&["dataset", "create", "photos/2024"]).ok();
+    let mut seen = Vec::new();
+    while let Some(e) = events.wait_for(Duration::from_secs(3), |_| true) {
+        seen.push(format!(
+            "{} {}",
+            e["kind"].as_str().unwrap_or(""),
+            e["resource"].as_str().unwrap_or("")
+        ));
+    }
+    let photos = lab.ds("photos");
+    assert_eq!(
+        seen,
+        [
+            format!("dataset.created {photos}"),
+            format!("dataset.created {photos}/2024")
+        ],
+        "only dataset events about photos and below"
+    );
+}
+
+#[test]
 fn socket_group_is_applied() {
     let mut lab = Lab::start();
     lab.signal(Signal::SIGTERM);
