@@ -65,6 +65,9 @@ pub enum Command {
     /// Define NFS exports of datasets, preview the server's file and apply it.
     #[command(subcommand)]
     Export(ExportCommand),
+    /// VM templates: list them, show one, preview the commands a VM made from it runs.
+    #[command(subcommand)]
+    Template(TemplateCommand),
     /// Follow labd's event stream until it ends.
     Events {
         /// Only these kinds (repeatable or comma-separated); `job.` (ending in a dot) is a
@@ -181,6 +184,29 @@ pub enum JobCommand {
     List,
     /// Show one job with its log.
     Show(JobShow),
+}
+
+/// `labctl template …`.
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// List the templates (built in, and files in labd's templates directory).
+    List,
+    /// Show one template with its TOML text.
+    Show {
+        /// Template name.
+        name: String,
+    },
+    /// Print the exact commands a driver would run to start a VM made from the template.
+    Command {
+        /// Template name.
+        name: String,
+        /// The driver whose commands to show.
+        #[arg(long, default_value = "bhyve")]
+        driver: String,
+        /// The VM name to show them for.
+        #[arg(long, default_value = "example")]
+        vm: String,
+    },
 }
 
 /// `labctl job show ID`.

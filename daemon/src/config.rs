@@ -36,6 +36,15 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[mqtt]`: publishing to an MQTT broker (off when absent).
     pub mqtt: Option<MqttConfig>,
+    /// `[vms]`: virtual machines.
+    pub vms: VmsConfig,
+}
+
+/// `[vms]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmsConfig {
+    /// User templates (`NAME.toml`); they override the built-in ones of the same name.
+    pub templates_dir: PathBuf,
 }
 
 /// `[metrics]`.
@@ -194,6 +203,14 @@ struct RawConfig {
     #[serde(default)]
     metrics: RawMetrics,
     mqtt: Option<RawMqtt>,
+    #[serde(default)]
+    vms: RawVms,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVms {
+    templates_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -360,7 +377,18 @@ impl Config {
             Some(m) => Some(mqtt(m).map_err(|(key, message)| value_error(key, message))?),
             None => None,
         };
+        let templates_dir = raw
+            .vms
+            .templates_dir
+            .unwrap_or_else(|| PathBuf::from("/usr/local/etc/labd/templates"));
+        if !templates_dir.is_absolute() {
+            return Err(value_error(
+                "vms.templates_dir",
+                "must be an absolute path".into(),
+            ));
+        }
         Ok(Self {
+            vms: VmsConfig { templates_dir },
             metrics,
             mqtt,
             exports,

@@ -508,3 +508,59 @@ pub struct EventFilter {
     #[serde(default)]
     pub resource: Option<String>,
 }
+
+/// `GET /v1/templates`: a VM template.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Template {
+    /// Template name (`docker-host`).
+    pub name: String,
+    /// `builtin`, or the file that overrides or adds it.
+    pub source: String,
+    /// What it is for.
+    pub description: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in bytes.
+    pub memory: u64,
+    /// `uefi`, `bhyveload` or `kernel`.
+    pub loader: String,
+    /// Number of disks.
+    pub disks: usize,
+    /// Number of NICs.
+    pub nics: usize,
+    /// The template's TOML text; only filled by `GET /v1/templates/{name}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// Query of `GET /v1/templates/{name}/command`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandQuery {
+    /// `bhyve` (default).
+    #[serde(default)]
+    pub driver: Option<String>,
+    /// The VM name to show (default `example`).
+    #[serde(default)]
+    pub vm: Option<String>,
+}
+
+/// The commands a driver would run to start a VM made from a template.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandPreview {
+    /// The driver.
+    pub driver: String,
+    /// The VM name used.
+    pub vm: String,
+    /// Each command as an argv vector, in order, with a note on when it runs.
+    pub commands: Vec<PreviewCommand>,
+}
+
+/// One command of a preview.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreviewCommand {
+    /// When labd runs it.
+    pub when: String,
+    /// Program and arguments.
+    pub argv: Vec<String>,
+}

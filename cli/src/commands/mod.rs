@@ -7,6 +7,7 @@ mod export;
 mod job;
 mod policy;
 mod status;
+mod template;
 
 use crate::args::{Cli, Command, OutputFormat};
 use crate::client::Client;
@@ -46,6 +47,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job(cmd) => job::run(&ctx, cmd).await,
         Command::Policy(cmd) => policy::run(&ctx, cmd).await,
         Command::Export(cmd) => export::run(&ctx, cmd).await,
+        Command::Template(cmd) => template::run(&ctx, cmd).await,
         Command::Events { kind, resource } => events::run(&ctx, &kind, resource.as_deref()).await,
     }
 }

@@ -189,6 +189,31 @@ pub(super) async fn apply_exports(
     accepted(s.core.apply_exports(peer.0))
 }
 
+pub(super) async fn list_templates(
+    State(s): State<AppState>,
+) -> ApiResult<Json<Vec<wire::Template>>> {
+    Ok(Json(s.core.list_templates()?))
+}
+
+pub(super) async fn get_template(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<wire::Template>> {
+    Ok(Json(s.core.get_template(&name)?))
+}
+
+pub(super) async fn template_command(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<wire::CommandQuery>,
+) -> ApiResult<Json<wire::CommandPreview>> {
+    let preview = s
+        .core
+        .template_command(&name, q.driver.as_deref(), q.vm.as_deref())
+        .await?;
+    Ok(Json(preview))
+}
+
 pub(super) async fn list_policies(
     State(s): State<AppState>,
 ) -> ApiResult<Json<Vec<wire::PolicyInfo>>> {

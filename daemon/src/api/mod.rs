@@ -163,6 +163,9 @@ fn router(state: AppState) -> Router {
                 .put(h::put_export)
                 .delete(h::remove_export),
         )
+        .route("/v1/templates", get(h::list_templates))
+        .route("/v1/templates/{name}", get(h::get_template))
+        .route("/v1/templates/{name}/command", get(h::template_command))
         .route("/v1/policies", get(h::list_policies))
         .route("/v1/policies/run", post(h::run_policies))
         .route("/v1/policies/{name}", get(h::get_policy))

@@ -11,8 +11,12 @@ pub mod names;
 mod nfs;
 mod policy;
 pub mod props;
+mod templates;
+// Only templates and previews use it so far; the VM feature (issue 3) wires the rest.
 pub mod retention;
 pub mod schedule;
+#[allow(dead_code)]
+pub mod vmspec;
 
 use std::sync::{Arc, RwLock};
 

@@ -34,6 +34,13 @@ impl Argv {
         self
     }
 
+    /// Program and arguments as one list (for display and API answers).
+    pub fn to_vec(&self) -> Vec<String> {
+        std::iter::once(self.program.clone())
+            .chain(self.args.iter().cloned())
+            .collect()
+    }
+
     /// Append arguments.
     pub fn args<I, S>(mut self, args: I) -> Self
     where

@@ -11,3 +11,4 @@ mod metrics;
 mod mqtt;
 mod policies;
 mod refusals;
+mod templates;
