@@ -410,7 +410,7 @@ impl Config {
 }
 
 /// This host's name, for default topic and client names.
-fn hostname() -> String {
+pub fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

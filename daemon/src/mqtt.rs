@@ -82,7 +82,7 @@ pub async fn run(core: Arc<Core>, config: MqttConfig, mut stop: watch::Receiver<
     let (link_tx, mut link_rx) = watch::channel(Link::default());
     let poller = tokio::spawn(drive(eventloop, Arc::clone(&core), link_tx));
     let mut events = core.events.subscribe();
-    let discovery = config.home_assistant.then(|| Discovery::new(&hostname()));
+    let discovery = config.home_assistant.then(|| Discovery::new(&crate::config::hostname()));
     let mut publisher = Publisher::new(client, topics, discovery);
     tracing::info!(
         host = %config.host,
@@ -375,14 +375,6 @@ fn node_id(s: &str) -> String {
             }
         })
         .collect()
-}
-
-fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "labd".to_owned())
 }
 
 /// The retained documents read at one refresh.
