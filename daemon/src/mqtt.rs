@@ -82,7 +82,9 @@ pub async fn run(core: Arc<Core>, config: MqttConfig, mut stop: watch::Receiver<
     let (link_tx, mut link_rx) = watch::channel(Link::default());
     let poller = tokio::spawn(drive(eventloop, Arc::clone(&core), link_tx));
     let mut events = core.events.subscribe();
-    let discovery = config.home_assistant.then(|| Discovery::new(&crate::config::hostname()));
+    let discovery = config
+        .home_assistant
+        .then(|| Discovery::new(&crate::config::hostname()));
     let mut publisher = Publisher::new(client, topics, discovery);
     tracing::info!(
         host = %config.host,

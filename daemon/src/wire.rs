@@ -443,8 +443,8 @@ pub struct Export {
     pub clients: Vec<ExportClient>,
 }
 
-/// One client of an export.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One client of an export (also a `[[client]]` table of a definition file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportClient {
     /// Host address (`192.168.1.20`) or network (`192.168.1.0/24`, `fd00::/64`).

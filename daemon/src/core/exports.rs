@@ -341,25 +341,8 @@ pub struct ExportSpec {
     pub clients: Vec<ClientSpec>,
 }
 
-/// One `[[client]]` table of an [`ExportSpec`].
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientSpec {
-    /// `"192.168.1.20"` or `"192.168.1.0/24"` (IP literals only).
-    pub address: String,
-    /// `"rw"` (default) or `"ro"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access: Option<String>,
-    /// `"root"`, `"nobody"` (default) or `"UID:GID"`; exclusive with `mapall`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub maproot: Option<String>,
-    /// `"root"`, `"nobody"` or `"UID:GID"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mapall: Option<String>,
-    /// Flavors, most preferred first; default `["sys"]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sec: Option<Vec<String>>,
-}
+/// One `[[client]]` table of an [`ExportSpec`]: the same object the API takes.
+pub type ClientSpec = crate::wire::ExportClient;
 
 impl ExportSpec {
     /// Parses and validates each client. Errors name the field, e.g. `client[0].address`;

@@ -40,35 +40,6 @@ fn invalid(field: &str, code: &'static str, message: impl Into<String>) -> Error
     }
 }
 
-fn spec_of(dataset: &str, clients: &[wire::ExportClient]) -> ExportSpec {
-    ExportSpec {
-        dataset: dataset.to_owned(),
-        clients: clients
-            .iter()
-            .map(|c| exports::ClientSpec {
-                address: c.address.clone(),
-                access: c.access.clone(),
-                maproot: c.maproot.clone(),
-                mapall: c.mapall.clone(),
-                sec: c.sec.clone(),
-            })
-            .collect(),
-    }
-}
-
-fn wire_clients(spec: &ExportSpec) -> Vec<wire::ExportClient> {
-    spec.clients
-        .iter()
-        .map(|c| wire::ExportClient {
-            address: c.address.clone(),
-            access: c.access.clone(),
-            maproot: c.maproot.clone(),
-            mapall: c.mapall.clone(),
-            sec: c.sec.clone(),
-        })
-        .collect()
-}
-
 fn export_error(e: &exports::ExportError) -> Error {
     Error::Invalid {
         field: e.field.clone(),
@@ -271,7 +242,7 @@ impl Core {
                 name: name.clone(),
                 dataset: dataset.to_string(),
                 mountpoint,
-                clients: wire_clients(spec),
+                clients: spec.clients.clone(),
             });
         }
         Ok(out)
@@ -314,7 +285,10 @@ impl Core {
                 "labd's root dataset is not exported",
             ));
         }
-        let spec = spec_of(&short, &req.clients);
+        let spec = ExportSpec {
+            dataset: short.clone(),
+            clients: req.clients.clone(),
+        };
         spec.clients().map_err(|e| export_error(&e))?;
         let mut specs = load(&host)?;
         specs.insert(short.clone(), spec.clone());
@@ -400,7 +374,7 @@ impl Core {
                 let before = applied(&host);
                 let now: BTreeMap<String, Vec<wire::ExportClient>> = specs
                     .iter()
-                    .map(|(n, s)| (n.clone(), wire_clients(s)))
+                    .map(|(n, s)| (n.clone(), s.clients.clone()))
                     .collect();
                 let changed = nfs.current() != content;
                 if changed {
