@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::vmspec::{self, Loader, Template};
 use super::{Core, Error};
 use crate::host::bhyve::{self, Firmware, VmPaths};
+use crate::host::qemu;
 use crate::wire;
 
 /// The templates shipped with labd.
@@ -143,13 +144,11 @@ impl Core {
         vm: Option<&str>,
     ) -> Result<wire::CommandPreview, Error> {
         let driver = driver.unwrap_or("bhyve");
-        if driver != "bhyve" {
+        if driver != "bhyve" && driver != "qemu" {
             return Err(invalid(
                 "driver",
                 "unsupported_driver",
-                format!(
-                    "'{driver}': only the bhyve preview exists yet (the QEMU driver comes with the VM feature)"
-                ),
+                format!("'{driver}' is not one of bhyve, qemu"),
             ));
         }
         let vm = vm.unwrap_or("example");
@@ -158,7 +157,7 @@ impl Core {
         let loaded = all.get(name).ok_or_else(|| Error::NotFound {
             what: format!("template '{name}'"),
         })?;
-        if loaded.template.loader == Loader::Kernel {
+        if driver == "bhyve" && loaded.template.loader == Loader::Kernel {
             return Err(invalid(
                 "name",
                 "unsupported_loader",
@@ -177,12 +176,20 @@ impl Core {
             .map(|r| r.value)
             .filter(|m| m.starts_with('/'))
             .unwrap_or_else(|| format!("/{}", host.config.zfs.root));
-        let paths = VmPaths {
-            dir: format!("{root_mount}/vms/{vm}").into(),
-        };
+        let dir = std::path::PathBuf::from(format!("{root_mount}/vms/{vm}"));
         let taps: Vec<String> = (0..spec.nics.len()).map(|i| format!("tap{i}")).collect();
-        let commands = bhyve::sequence(&spec, &paths, &taps, &Firmware::default())
-            .map_err(|e| invalid("name", "invalid_template", e.to_string()))?;
+        let bad = |e: String| invalid("name", "invalid_template", e);
+        let commands = if driver == "qemu" {
+            let paths = qemu::QemuPaths { dir: dir.clone() };
+            let accel = qemu::Accel::Auto.resolve(qemu::kvm_usable());
+            let ovmf = qemu::Ovmf::default();
+            let argv = qemu::qemu_argv(&spec, &paths, &taps, accel, &ovmf, Some(&dir))
+                .map_err(|e| bad(e.to_string()))?;
+            vec![argv]
+        } else {
+            bhyve::sequence(&spec, &VmPaths { dir }, &taps, &Firmware::default())
+                .map_err(|e| bad(e.to_string()))?
+        };
         let when =
             |argv: &crate::host::runner::Argv| match argv.to_vec().first().map(String::as_str) {
                 Some("bhyvectl") => format!(
@@ -190,6 +197,9 @@ impl Core {
                     bhyve::vmm_device(vm)
                 ),
                 Some("bhyveload") => "load the FreeBSD kernel".to_owned(),
+                Some(qemu::QEMU) => "run the VM (labd supervises it; console and QMP on Unix \
+                                     sockets in its directory)"
+                    .to_owned(),
                 _ => "run the VM (labd supervises this process)".to_owned(),
             };
         Ok(wire::CommandPreview {

@@ -5,5 +5,8 @@
 #[allow(dead_code)]
 pub mod bhyve;
 pub mod nfs;
+// Only template previews use it so far; the VM feature (issue 3) wires the rest.
+#[allow(dead_code)]
+pub mod qemu;
 pub mod runner;
 pub mod zfs;

@@ -86,6 +86,29 @@ fn templates_list_show_override_and_preview() {
         assert!(preview.contains(needle), "{needle} in:\n{preview}");
     }
 
+    // The QEMU driver's command for the tiny test guest: direct kernel boot, console and QMP
+    // on Unix sockets; bhyve cannot boot a kernel directly.
+    let preview = lab
+        .labctl(&[
+            "template", "command", "tiny", "--driver", "qemu", "--vm", "t1",
+        ])
+        .ok()
+        .stdout;
+    for needle in [
+        "qemu-system-x86_64",
+        "-kernel",
+        "/vms/t1/vmlinuz",
+        "console.sock",
+        "qmp.sock",
+        "-no-reboot",
+    ] {
+        assert!(preview.contains(needle), "{needle} in:\n{preview}");
+    }
+    let out = lab
+        .labctl(&["template", "command", "tiny", "--driver", "bhyve"])
+        .code(1);
+    assert!(out.stderr.contains("unsupported_loader"), "{}", out.stderr);
+
     // A bad template file is an error naming the file and the key; a bad VM name is refused.
     std::fs::write(dir.join("broken.toml"), format!("{text}\nbogus_key = 1\n")).expect("write");
     let out = lab.labctl(&["template", "list"]).code(1);
