@@ -68,6 +68,9 @@ pub enum Command {
     /// VM templates: list them, show one, preview the commands a VM made from it runs.
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// VMs: create one from a template, list, inspect, preview its commands, destroy.
+    #[command(subcommand)]
+    Vm(VmCommand),
     /// Follow labd's event stream until it ends.
     Events {
         /// Only these kinds (repeatable or comma-separated); `job.` (ending in a dot) is a
@@ -206,6 +209,45 @@ pub enum TemplateCommand {
         /// The VM name to show them for.
         #[arg(long, default_value = "example")]
         vm: String,
+    },
+}
+
+/// `labctl vm …`.
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Create a VM (its dataset, vm.toml and sparse disks) from a template; it is not started.
+    Create {
+        /// VM name: lower-case letters, digits and '-', starting with a letter (at most 31).
+        name: String,
+        /// The template to make it from (labctl template list).
+        #[arg(long)]
+        template: String,
+        /// vCPUs instead of the template's.
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Memory instead of the template's (4G, 512M).
+        #[arg(long)]
+        memory: Option<String>,
+    },
+    /// List the VMs.
+    List,
+    /// Show one VM with its vm.toml.
+    Info {
+        /// VM name.
+        name: String,
+    },
+    /// Destroy a VM: its dataset, disks and snapshots.
+    Destroy {
+        /// VM name.
+        name: String,
+    },
+    /// Print the exact commands a driver would run to start this VM.
+    Command {
+        /// VM name.
+        name: String,
+        /// The driver whose commands to show.
+        #[arg(long, default_value = "bhyve", value_parser = ["bhyve", "qemu"])]
+        driver: String,
     },
 }
 

@@ -45,6 +45,8 @@ pub struct Config {
 pub struct VmsConfig {
     /// User templates (`NAME.toml`); they override the built-in ones of the same name.
     pub templates_dir: PathBuf,
+    /// Where VM datasets live, relative to the root dataset (`vms`: `<root>/vms/<name>`).
+    pub vm_root: String,
 }
 
 /// `[metrics]`.
@@ -211,6 +213,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawVms {
     templates_dir: Option<PathBuf>,
+    vm_root: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -387,8 +390,13 @@ impl Config {
                 "must be an absolute path".into(),
             ));
         }
+        let vm_root = raw.vms.vm_root.unwrap_or_else(|| "vms".to_owned());
+        check_vm_root(&root, &vm_root).map_err(|m| value_error("vms.vm_root", m))?;
         Ok(Self {
-            vms: VmsConfig { templates_dir },
+            vms: VmsConfig {
+                templates_dir,
+                vm_root,
+            },
             metrics,
             mqtt,
             exports,
@@ -407,6 +415,26 @@ impl Config {
             daemon: DaemonConfig { shutdown_grace },
         })
     }
+}
+
+/// `[vms] vm_root`: one or more dataset name components (`vms`, `lab/vms`) that, below the
+/// root, make a valid dataset name.
+fn check_vm_root(root: &DatasetName, vm_root: &str) -> Result<(), String> {
+    if vm_root.is_empty()
+        || vm_root.starts_with('/')
+        || vm_root.ends_with('/')
+        || vm_root
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        || vm_root.contains(['@', '#'])
+    {
+        return Err(format!(
+            "'{vm_root}' is not a dataset name relative to the root (such as \"vms\")"
+        ));
+    }
+    DatasetName::parse(&format!("{root}/{vm_root}"))
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// This host's name, for default topic and client names.
@@ -642,6 +670,9 @@ mod tests {
         assert_eq!(c.api.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.zfs.root.as_str(), "tank/labd");
         assert_eq!(c.daemon.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.vms.vm_root, "vms");
+        let c = parse("[zfs]\nroot = \"tank\"\n[vms]\nvm_root = \"lab/vms\"\n").expect("valid");
+        assert_eq!(c.vms.vm_root, "lab/vms");
     }
 
     #[test]
@@ -671,6 +702,22 @@ mod tests {
             (
                 "[zfs]\nroot = \"tank\"\n[api]\nsocket_group = \"a b\"\n",
                 "api.socket_group",
+            ),
+            (
+                "[zfs]\nroot = \"tank\"\n[vms]\nvm_root = \"/vms\"\n",
+                "vms.vm_root",
+            ),
+            (
+                "[zfs]\nroot = \"tank\"\n[vms]\nvm_root = \"a//b\"\n",
+                "vms.vm_root",
+            ),
+            (
+                "[zfs]\nroot = \"tank\"\n[vms]\nvm_root = \"v m\"\n",
+                "vms.vm_root",
+            ),
+            (
+                "[zfs]\nroot = \"tank\"\n[vms]\nvm_root = \"v@s\"\n",
+                "vms.vm_root",
             ),
         ];
         for (text, key) in cases {

@@ -564,3 +564,86 @@ pub struct PreviewCommand {
     /// Program and arguments.
     pub argv: Vec<String>,
 }
+
+/// `POST /v1/vms`: create a VM (its dataset and `vm.toml`) from a template. It is not started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVm {
+    /// VM name: 1 to 31 of `a-z`, `0-9`, `-`, starting with a letter, not ending with `-`.
+    pub name: String,
+    /// The template it is made from.
+    pub template: String,
+    /// vCPUs instead of the template's (its CPU topology is then dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Memory instead of the template's, as a size (`4G`, `512M`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+/// `GET /v1/vms`: one VM, rebuilt from its dataset and `vm.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Vm {
+    /// VM name (the last component of its dataset).
+    pub name: String,
+    /// UUID assigned at create; absent when the spec cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<Uuid>,
+    /// The template it was made from.
+    pub template: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in bytes.
+    pub memory: u64,
+    /// `uefi`, `bhyveload` or `kernel`.
+    pub loader: String,
+    /// Disks, in slot order.
+    pub disks: Vec<VmDisk>,
+    /// NICs, in order.
+    pub nics: Vec<VmNic>,
+    /// The VM's dataset.
+    pub dataset: String,
+    /// `stopped` (no VM runs yet), or `broken` when its `vm.toml` cannot be read.
+    pub state: String,
+    /// Why the VM is `broken`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The `vm.toml` text; only filled by `GET /v1/vms/{name}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// A disk of a [`Vm`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmDisk {
+    /// File name in the VM's dataset (`disk0.img`).
+    pub file: String,
+    /// Size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The image it is (to be) imported from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Emulation (`virtio-blk`, `nvme`, `ahci-hd`).
+    pub bus: String,
+}
+
+/// A NIC of a [`Vm`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmNic {
+    /// MAC address, assigned once at create.
+    pub mac: String,
+    /// The labd switch it joins.
+    pub switch: String,
+    /// Emulation (`virtio-net`, `e1000`).
+    pub model: String,
+}
+
+/// Query of `GET /v1/vms/{name}/command`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmCommandQuery {
+    /// `bhyve` (default) or `qemu`.
+    #[serde(default)]
+    pub driver: Option<String>,
+}

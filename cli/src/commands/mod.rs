@@ -8,6 +8,7 @@ mod job;
 mod policy;
 mod status;
 mod template;
+mod vm;
 
 use crate::args::{Cli, Command, OutputFormat};
 use crate::client::Client;
@@ -48,6 +49,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(cmd) => policy::run(&ctx, cmd).await,
         Command::Export(cmd) => export::run(&ctx, cmd).await,
         Command::Template(cmd) => template::run(&ctx, cmd).await,
+        Command::Vm(cmd) => vm::run(&ctx, cmd).await,
         Command::Events { kind, resource } => events::run(&ctx, &kind, resource.as_deref()).await,
     }
 }

@@ -82,7 +82,8 @@ fn quote(arg: &str) -> String {
     }
 }
 
-fn render_preview(p: &CommandPreview) -> String {
+/// One `# when` line and one quoted command line per command (also `labctl vm command`).
+pub(super) fn render_preview(p: &CommandPreview) -> String {
     let mut out = Vec::new();
     for c in &p.commands {
         out.push(format!("# {}", c.when));

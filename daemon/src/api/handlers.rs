@@ -214,6 +214,41 @@ pub(super) async fn template_command(
     Ok(Json(preview))
 }
 
+pub(super) async fn list_vms(State(s): State<AppState>) -> ApiResult<Json<Vec<wire::Vm>>> {
+    Ok(Json(s.core.list_vms().await?))
+}
+
+pub(super) async fn get_vm(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<wire::Vm>> {
+    Ok(Json(s.core.get_vm(&name).await?))
+}
+
+pub(super) async fn create_vm(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Body(req): Body<wire::CreateVm>,
+) -> ApiResult<Response> {
+    accepted(s.core.create_vm(req, peer.0).await)
+}
+
+pub(super) async fn destroy_vm(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    accepted(s.core.destroy_vm(&name, peer.0))
+}
+
+pub(super) async fn vm_command(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<wire::VmCommandQuery>,
+) -> ApiResult<Json<wire::CommandPreview>> {
+    Ok(Json(s.core.vm_command(&name, q.driver.as_deref()).await?))
+}
+
 pub(super) async fn list_policies(
     State(s): State<AppState>,
 ) -> ApiResult<Json<Vec<wire::PolicyInfo>>> {

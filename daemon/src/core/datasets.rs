@@ -21,7 +21,7 @@ use crate::host::zfs::{PropRow, SnapshotRow};
 use crate::wire::{self, Actor, Job, Property, PropertySource};
 
 /// The user property marking what labd created.
-const MANAGED: &str = "labd:managed";
+pub(super) const MANAGED: &str = "labd:managed";
 
 fn managed_assignment() -> Assignment {
     Assignment {

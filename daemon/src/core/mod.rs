@@ -12,6 +12,7 @@ mod nfs;
 mod policy;
 pub mod props;
 mod templates;
+mod vms;
 // Only templates and previews use it so far; the VM feature (issue 3) wires the rest.
 pub mod retention;
 pub mod schedule;

@@ -1,10 +1,12 @@
 //! VM templates: the built-in ones (compiled in from `vm-templates/`) and the files of
 //! `[vms] templates_dir`, which override a built-in template of the same name or add new ones;
-//! and the exact commands a VM made from one would run (`labctl template command`).
+//! and the exact commands a VM made from one would run (`labctl template command`; the same
+//! preview serves `labctl vm command` for a VM that exists).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
-use super::vmspec::{self, Loader, Template};
+use super::vmspec::{self, Loader, Template, VmSpec};
 use super::{Core, Error};
 use crate::host::bhyve::{self, Firmware, VmPaths};
 use crate::host::qemu;
@@ -143,77 +145,95 @@ impl Core {
         driver: Option<&str>,
         vm: Option<&str>,
     ) -> Result<wire::CommandPreview, Error> {
-        let driver = driver.unwrap_or("bhyve");
-        if driver != "bhyve" && driver != "qemu" {
-            return Err(invalid(
-                "driver",
-                "unsupported_driver",
-                format!("'{driver}' is not one of bhyve, qemu"),
-            ));
-        }
+        let driver = check_driver(driver)?;
         let vm = vm.unwrap_or("example");
         vmspec::validate_vm_name(vm).map_err(|e| invalid("vm", "invalid_name", e.to_string()))?;
-        let all = load(self)?;
-        let loaded = all.get(name).ok_or_else(|| Error::NotFound {
-            what: format!("template '{name}'"),
-        })?;
-        if driver == "bhyve" && loaded.template.loader == Loader::Kernel {
-            return Err(invalid(
-                "name",
-                "unsupported_loader",
-                format!("template '{name}' boots a kernel directly: that is for QEMU, not bhyve"),
-            ));
-        }
-        let spec = vmspec::instantiate(&loaded.template, name, vm, example_uuid(vm))
+        let template = find_template(self, name)?;
+        let spec = vmspec::instantiate(&template, name, vm, example_uuid(vm))
             .map_err(|e| invalid("name", "invalid_template", e.to_string()))?;
-        let host = self.host();
-        let root_mount = host
-            .zfs
-            .get_props(&host.config.zfs.root, "mountpoint", false)
-            .await?
-            .into_iter()
-            .next()
-            .map(|r| r.value)
-            .filter(|m| m.starts_with('/'))
-            .unwrap_or_else(|| format!("/{}", host.config.zfs.root));
-        let dir = std::path::PathBuf::from(format!("{root_mount}/vms/{vm}"));
-        let taps: Vec<String> = (0..spec.nics.len()).map(|i| format!("tap{i}")).collect();
-        let bad = |e: String| invalid("name", "invalid_template", e);
-        let commands = if driver == "qemu" {
-            let paths = qemu::QemuPaths { dir: dir.clone() };
-            let accel = qemu::Accel::Auto.resolve(qemu::kvm_usable());
-            let ovmf = qemu::Ovmf::default();
-            let argv = qemu::qemu_argv(&spec, &paths, &taps, accel, &ovmf, Some(&dir))
-                .map_err(|e| bad(e.to_string()))?;
-            vec![argv]
-        } else {
-            bhyve::sequence(&spec, &VmPaths { dir }, &taps, &Firmware::default())
-                .map_err(|e| bad(e.to_string()))?
-        };
-        let when =
-            |argv: &crate::host::runner::Argv| match argv.to_vec().first().map(String::as_str) {
-                Some("bhyvectl") => format!(
-                    "only if {} exists (a stale instance)",
-                    bhyve::vmm_device(vm)
-                ),
-                Some("bhyveload") => "load the FreeBSD kernel".to_owned(),
-                Some(qemu::QEMU) => "run the VM (labd supervises it; console and QMP on Unix \
-                                     sockets in its directory)"
-                    .to_owned(),
-                _ => "run the VM (labd supervises this process)".to_owned(),
-            };
-        Ok(wire::CommandPreview {
-            driver: driver.to_owned(),
-            vm: vm.to_owned(),
-            commands: commands
-                .iter()
-                .map(|argv| wire::PreviewCommand {
-                    when: when(argv),
-                    argv: argv.to_vec(),
-                })
-                .collect(),
-        })
+        let dir = super::vms::vm_root_mountpoint(&self.host()).await?.join(vm);
+        preview(&spec, driver, dir, "name")
     }
+}
+
+/// One template by name (a file in `[vms] templates_dir` overrides the built-in one).
+pub(super) fn find_template(core: &Core, name: &str) -> Result<Template, Error> {
+    load(core)?
+        .remove(name)
+        .map(|l| l.template)
+        .ok_or_else(|| Error::NotFound {
+            what: format!("template '{name}'"),
+        })
+}
+
+/// `bhyve` (the default) or `qemu`; anything else is refused naming the field `driver`.
+pub(super) fn check_driver(driver: Option<&str>) -> Result<&str, Error> {
+    let driver = driver.unwrap_or("bhyve");
+    if driver != "bhyve" && driver != "qemu" {
+        return Err(invalid(
+            "driver",
+            "unsupported_driver",
+            format!("'{driver}' is not one of bhyve, qemu"),
+        ));
+    }
+    Ok(driver)
+}
+
+/// The commands `driver` (checked by [`check_driver`]) runs to start the VM of `spec` whose
+/// directory (its dataset's mountpoint) is `dir`: the preview of `labctl template command`
+/// and `labctl vm command`. Errors name `field` (what the caller chose the spec by).
+pub(super) fn preview(
+    spec: &VmSpec,
+    driver: &str,
+    dir: PathBuf,
+    field: &str,
+) -> Result<wire::CommandPreview, Error> {
+    let vm = spec.name.as_str();
+    if driver == "bhyve" && spec.loader == Loader::Kernel {
+        return Err(invalid(
+            field,
+            "unsupported_loader",
+            format!(
+                "template '{}' boots a kernel directly: that is for QEMU, not bhyve",
+                spec.template
+            ),
+        ));
+    }
+    let taps: Vec<String> = (0..spec.nics.len()).map(|i| format!("tap{i}")).collect();
+    let bad = |e: String| invalid(field, "invalid_template", e);
+    let commands = if driver == "qemu" {
+        let paths = qemu::QemuPaths { dir: dir.clone() };
+        let accel = qemu::Accel::Auto.resolve(qemu::kvm_usable());
+        let ovmf = qemu::Ovmf::default();
+        let argv = qemu::qemu_argv(spec, &paths, &taps, accel, &ovmf, Some(&dir))
+            .map_err(|e| bad(e.to_string()))?;
+        vec![argv]
+    } else {
+        bhyve::sequence(spec, &VmPaths { dir }, &taps, &Firmware::default())
+            .map_err(|e| bad(e.to_string()))?
+    };
+    let when = |argv: &crate::host::runner::Argv| match argv.to_vec().first().map(String::as_str) {
+        Some("bhyvectl") => format!(
+            "only if {} exists (a stale instance)",
+            bhyve::vmm_device(vm)
+        ),
+        Some("bhyveload") => "load the FreeBSD kernel".to_owned(),
+        Some(qemu::QEMU) => "run the VM (labd supervises it; console and QMP on Unix \
+                             sockets in its directory)"
+            .to_owned(),
+        _ => "run the VM (labd supervises this process)".to_owned(),
+    };
+    Ok(wire::CommandPreview {
+        driver: driver.to_owned(),
+        vm: vm.to_owned(),
+        commands: commands
+            .iter()
+            .map(|argv| wire::PreviewCommand {
+                when: when(argv),
+                argv: argv.to_vec(),
+            })
+            .collect(),
+    })
 }
 
 #[cfg(test)]

@@ -12,3 +12,4 @@ mod mqtt;
 mod policies;
 mod refusals;
 mod templates;
+mod vms;

@@ -1,0 +1,113 @@
+//! `labctl vm create|list|info|destroy|command`: VMs as labd keeps them, one dataset each with
+//! its `vm.toml`. Creating and destroying are jobs; nothing is started yet.
+
+use labd::wire::{self, CommandPreview, Job, Vm};
+
+use super::Ctx;
+use crate::args::VmCommand;
+use crate::client::{encode_query_value, encode_segment};
+use crate::{jobs, output};
+
+/// Path of a VM: `/v1/vms/{name}`.
+fn vm_path(name: &str) -> String {
+    format!("/v1/vms/{}", encode_segment(name))
+}
+
+/// Run `labctl vm <cmd>`.
+pub async fn run(ctx: &Ctx, cmd: VmCommand) -> anyhow::Result<()> {
+    let client = &ctx.client;
+    let job: Job = match cmd {
+        VmCommand::List => {
+            let vms: Vec<Vm> = client.get("/v1/vms").await?;
+            return output::emit(ctx.format, &vms, |v| render_list(v));
+        }
+        VmCommand::Info { name } => {
+            let vm: Vm = client.get(&vm_path(&name)).await?;
+            return output::emit(ctx.format, &vm, render_one);
+        }
+        VmCommand::Command { name, driver } => {
+            let path = format!(
+                "{}/command?driver={}",
+                vm_path(&name),
+                encode_query_value(&driver)
+            );
+            let preview: CommandPreview = client.get(&path).await?;
+            return output::emit(ctx.format, &preview, super::template::render_preview);
+        }
+        VmCommand::Create {
+            name,
+            template,
+            cpus,
+            memory,
+        } => {
+            let req = wire::CreateVm {
+                name,
+                template,
+                cpus,
+                memory,
+            };
+            client.post("/v1/vms", &req).await?
+        }
+        VmCommand::Destroy { name } => client.delete(&vm_path(&name)).await?,
+    };
+    jobs::run(client, ctx.report(), job).await
+}
+
+fn render_list(vms: &[Vm]) -> String {
+    let mut t = output::table(&["NAME", "STATE", "CPUS", "MEMORY", "TEMPLATE"]);
+    for vm in vms {
+        t.add_row(vec![
+            vm.name.clone(),
+            vm.state.clone(),
+            vm.cpus.to_string(),
+            output::size(vm.memory),
+            vm.template.clone(),
+        ]);
+    }
+    output::render(&t)
+}
+
+fn render_one(vm: &Vm) -> String {
+    let mut rows: Vec<(String, String)> = [
+        ("name", vm.name.clone()),
+        ("state", vm.state.clone()),
+        (
+            "uuid",
+            vm.uuid.map_or_else(|| "-".to_owned(), |u| u.to_string()),
+        ),
+        ("template", vm.template.clone()),
+        ("cpus", vm.cpus.to_string()),
+        ("memory", output::size(vm.memory)),
+        ("loader", vm.loader.clone()),
+        ("dataset", vm.dataset.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (i, d) in vm.disks.iter().enumerate() {
+        let mut desc = format!("{} {}", d.file, d.bus);
+        if let Some(size) = d.size {
+            desc.push_str(&format!(" {}", output::size(size)));
+        }
+        if let Some(image) = &d.image {
+            desc.push_str(&format!(" (image {image}, not imported yet)"));
+        }
+        rows.push((format!("disk{i}"), desc));
+    }
+    for (i, n) in vm.nics.iter().enumerate() {
+        rows.push((
+            format!("nic{i}"),
+            format!("{} {} on {}", n.mac, n.model, n.switch),
+        ));
+    }
+    if let Some(error) = &vm.error {
+        rows.push(("error".to_owned(), error.clone()));
+    }
+    let head = output::render(&output::key_values(
+        rows.iter().map(|(k, v)| (k.as_str(), v.clone())),
+    ));
+    match &vm.text {
+        Some(text) => format!("{head}\n\n{}", text.trim_end()),
+        None => head,
+    }
+}

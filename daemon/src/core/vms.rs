@@ -1,0 +1,664 @@
+//! VMs as datasets: each VM is the dataset `<root>/<vm_root>/<name>` (`[vms] vm_root`, default
+//! `vms`) holding its spec as `vm.toml` and its disks as sparse files. This is the first slice
+//! of issue 3: VMs are created, listed, inspected, previewed and destroyed, not run yet.
+//!
+//! Rules:
+//! * **ZFS is the database.** labd keeps no VM list: every read lists the datasets directly
+//!   below `<root>/<vm_root>` and reads their `vm.toml`. A dataset there without a readable,
+//!   valid `vm.toml` is listed as `broken` with the reason.
+//! * **Assigned once.** The UUID (v4) and the MACs derived from it are written to `vm.toml` at
+//!   create and only ever read back afterwards; the dataset also carries the UUID as the user
+//!   property `labd:vm`.
+//! * **Ownership.** labd creates VM datasets (and `<vm_root>` when missing) with a local
+//!   `labd:managed=on`; destroy refuses a dataset without it or without a local `labd:vm`.
+//! * Create validates everything (name, template, overrides) before the job, refuses an
+//!   existing VM, and removes the half-made dataset again if writing its files fails.
+//! * Destroy is recursive (the VM's snapshots go with it) but refuses held snapshots.
+//!   Refusing to destroy a running VM comes with the supervisor (nothing runs yet).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::names::DatasetName;
+use super::props::Assignment;
+use super::vmspec::{self, ByteSize, SpecError, VmSpec};
+use super::{Core, Error, Host, Refusal, templates};
+use crate::events::EventBus;
+use crate::host::zfs::{PropRow, ZfsError, ZfsErrorKind};
+use crate::wire::{self, Actor, Job};
+
+use super::datasets::MANAGED;
+/// The user property carrying a VM's UUID on its dataset.
+const VM_PROPERTY: &str = "labd:vm";
+/// The spec's file name in the VM's dataset.
+const SPEC_FILE: &str = "vm.toml";
+/// Properties read to list VMs.
+const VM_PROPERTIES: &str = "mountpoint,labd:managed,labd:vm";
+
+fn invalid(field: &str, code: &'static str, message: impl Into<String>) -> Error {
+    Error::Invalid {
+        field: field.to_owned(),
+        code,
+        message: message.into(),
+    }
+}
+
+fn not_found(name: &str) -> Error {
+    Error::NotFound {
+        what: format!("VM '{name}'"),
+    }
+}
+
+fn is_not_found(e: &ZfsError) -> bool {
+    e.kind() == Some(ZfsErrorKind::NotFound)
+}
+
+fn managed(name: &str, value: &str) -> Assignment {
+    Assignment {
+        name: name.to_owned(),
+        value: value.to_owned(),
+    }
+}
+
+/// The dataset holding every VM: `<root>/<vm_root>` (checked when the config was loaded).
+fn vm_root(host: &Host) -> Result<DatasetName, Error> {
+    DatasetName::parse(&format!(
+        "{}/{}",
+        host.config.zfs.root, host.config.vms.vm_root
+    ))
+    .map_err(|e| Error::Internal(format!("vms.vm_root: {e}")))
+}
+
+/// The dataset of VM `name`, after checking the name (field `name`).
+fn vm_dataset(host: &Host, name: &str) -> Result<DatasetName, Error> {
+    vmspec::validate_vm_name(name).map_err(|e| invalid("name", "invalid_name", e.to_string()))?;
+    DatasetName::parse(&format!("{}/{name}", vm_root(host)?))
+        .map_err(|e| invalid("name", "invalid_name", e.to_string()))
+}
+
+/// Where `<root>/<vm_root>` is (or would be) mounted: its own mountpoint when it exists, else
+/// the root's with `vm_root` appended (`/<root>` when the root has no path mountpoint).
+pub(super) async fn vm_root_mountpoint(host: &Host) -> Result<PathBuf, Error> {
+    let root = vm_root(host)?;
+    match host.zfs.get_props(&root, "mountpoint", false).await {
+        Ok(rows) => {
+            if let Some(m) = rows.into_iter().next().map(|r| r.value)
+                && m.starts_with('/')
+            {
+                return Ok(PathBuf::from(m));
+            }
+        }
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let base = &host.config.zfs.root;
+    let mount = host
+        .zfs
+        .get_props(base, "mountpoint", false)
+        .await?
+        .into_iter()
+        .next()
+        .map(|r| r.value)
+        .filter(|m| m.starts_with('/'))
+        .unwrap_or_else(|| format!("/{base}"));
+    Ok(Path::new(&mount).join(&host.config.vms.vm_root))
+}
+
+/// What `zfs get` says about one VM dataset.
+#[derive(Debug, Default)]
+struct VmRow {
+    dataset: String,
+    mountpoint: String,
+    managed: bool,
+    uuid: Option<String>,
+}
+
+/// Fold rows of `zfs get` into one entry per dataset, in ZFS order.
+fn vm_rows(rows: &[PropRow]) -> Vec<VmRow> {
+    let mut out: Vec<VmRow> = Vec::new();
+    for row in rows {
+        if out.last().is_none_or(|v| v.dataset != row.name) {
+            out.push(VmRow {
+                dataset: row.name.clone(),
+                ..VmRow::default()
+            });
+        }
+        let Some(v) = out.last_mut() else { continue };
+        let local = row.source == "local";
+        match row.property.as_str() {
+            "mountpoint" => v.mountpoint.clone_from(&row.value),
+            MANAGED => v.managed = local && row.value == "on",
+            VM_PROPERTY if local && row.value != "-" => v.uuid = Some(row.value.clone()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Read and check a VM's `vm.toml`: the text and the spec, or why it cannot be used.
+fn read_spec(name: &str, row: &VmRow) -> Result<(String, VmSpec), String> {
+    if !row.mountpoint.starts_with('/') {
+        return Err(format!(
+            "{} has no mountpoint (mountpoint={})",
+            row.dataset, row.mountpoint
+        ));
+    }
+    let path = Path::new(&row.mountpoint).join(SPEC_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let spec = VmSpec::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if spec.name != name {
+        return Err(format!(
+            "{}: name is '{}', but the dataset is {}",
+            path.display(),
+            spec.name,
+            row.dataset
+        ));
+    }
+    Ok((text, spec))
+}
+
+/// The wire form of one VM dataset: from its spec, or `broken` with the reason.
+fn vm_info(row: &VmRow, with_text: bool) -> wire::Vm {
+    let name = row
+        .dataset
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    match read_spec(&name, row) {
+        Ok((text, spec)) => wire::Vm {
+            name,
+            uuid: Some(spec.uuid),
+            template: spec.template.clone(),
+            cpus: spec.cpu.count,
+            memory: spec.memory.bytes(),
+            loader: spec.loader.as_str().to_owned(),
+            disks: spec
+                .disks
+                .iter()
+                .map(|d| wire::VmDisk {
+                    file: d.file.clone(),
+                    size: d.size.map(ByteSize::bytes),
+                    image: d.image.clone(),
+                    bus: d.bus.as_str().to_owned(),
+                })
+                .collect(),
+            nics: spec
+                .nics
+                .iter()
+                .map(|n| wire::VmNic {
+                    mac: n.mac.to_string(),
+                    switch: n.switch.clone(),
+                    model: n.model.as_str().to_owned(),
+                })
+                .collect(),
+            dataset: row.dataset.clone(),
+            state: "stopped".to_owned(),
+            error: None,
+            text: with_text.then_some(text),
+        },
+        Err(error) => wire::Vm {
+            name,
+            uuid: row.uuid.as_deref().and_then(|u| Uuid::parse_str(u).ok()),
+            template: String::new(),
+            cpus: 0,
+            memory: 0,
+            loader: String::new(),
+            disks: Vec::new(),
+            nics: Vec::new(),
+            dataset: row.dataset.clone(),
+            state: "broken".to_owned(),
+            error: Some(error),
+            text: None,
+        },
+    }
+}
+
+/// The request field a spec error belongs to.
+fn spec_field(e: &SpecError) -> &'static str {
+    match e.key() {
+        Some(k) if k.starts_with("cpu") => "cpus",
+        Some("memory") => "memory",
+        Some("name") => "name",
+        _ => "template",
+    }
+}
+
+/// Write `text` to `dir/file` atomically: a temporary file, synced, then renamed over.
+fn write_atomic(dir: &Path, file: &str, text: &str) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(file))
+}
+
+/// Write the VM's files into its mounted dataset: `vm.toml`, then a sparse file per sized disk.
+fn write_files(dir: &Path, spec: &VmSpec, text: &str) -> Result<Vec<String>, Error> {
+    let io = |what: &Path, e: std::io::Error| {
+        Error::Internal(format!("cannot write {}: {e}", what.display()))
+    };
+    write_atomic(dir, SPEC_FILE, text).map_err(|e| io(&dir.join(SPEC_FILE), e))?;
+    super::jobs::log_line(format!("wrote {}", dir.join(SPEC_FILE).display()));
+    let mut created = Vec::new();
+    for (i, disk) in spec.disks.iter().enumerate() {
+        let path = dir.join(&disk.file);
+        if let Some(image) = &disk.image {
+            super::jobs::log_line(format!(
+                "disk[{i}] names the image '{image}': images are not imported yet; \
+                 {} is a blank disk",
+                disk.file
+            ));
+        }
+        let Some(size) = disk.size else {
+            super::jobs::log_line(format!("disk[{i}] has no size: no file created"));
+            continue;
+        };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|f| f.set_len(size.bytes()))
+            .map_err(|e| io(&path, e))?;
+        super::jobs::log_line(format!(
+            "created sparse {} of {size} ({} bytes)",
+            path.display(),
+            size.bytes()
+        ));
+        created.push(disk.file.clone());
+    }
+    Ok(created)
+}
+
+/// The job of `create_vm`: under the locks of the VM dataset and `<vm_root>`.
+async fn create_vm_job(
+    host: Arc<Host>,
+    events: EventBus,
+    ds: DatasetName,
+    spec: VmSpec,
+    actor: Option<Actor>,
+) -> Result<serde_json::Value, Error> {
+    let name = spec.name.clone();
+    refuse_existing(&host, &ds, &name).await?;
+    let text = spec
+        .to_toml()
+        .map_err(|e| Error::Internal(format!("VM spec of '{name}': {e}")))?;
+    let root = vm_root(&host)?;
+    match host.zfs.get_props(&root, "type", false).await {
+        Ok(_) => {}
+        Err(e) if is_not_found(&e) => {
+            host.zfs
+                .create(&root, &[managed(MANAGED, "on")], true)
+                .await?;
+            events.publish(
+                "dataset.created",
+                root.as_str(),
+                actor,
+                json!({"parent_of": ds.as_str()}),
+            );
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let uuid = spec.uuid.to_string();
+    let properties = [managed(MANAGED, "on"), managed(VM_PROPERTY, &uuid)];
+    host.zfs.create(&ds, &properties, false).await?;
+    events.publish(
+        "dataset.created",
+        ds.as_str(),
+        actor,
+        json!({"vm": name.as_str()}),
+    );
+    let written = async {
+        let rows = host.zfs.get_props(&ds, "mountpoint,mounted", false).await?;
+        let prop = |p: &str| {
+            rows.iter()
+                .find(|r| r.property == p)
+                .map(|r| r.value.clone())
+                .unwrap_or_default()
+        };
+        let mountpoint = prop("mountpoint");
+        if !mountpoint.starts_with('/') || prop("mounted") == "no" {
+            return Err(Error::Internal(format!(
+                "{ds} is not mounted (mountpoint={mountpoint}): cannot write its {SPEC_FILE}"
+            )));
+        }
+        let dir = PathBuf::from(&mountpoint);
+        let disks = write_files(&dir, &spec, &text)?;
+        Ok::<_, Error>((mountpoint, disks))
+    }
+    .await;
+    let (mountpoint, disks) = match written {
+        Ok(done) => done,
+        Err(e) => {
+            super::jobs::log_line(format!("{e}; destroying {ds} again"));
+            if let Err(undo) = host.zfs.destroy(&ds, true).await {
+                tracing::warn!(dataset = %ds, error = %undo, "cannot remove a half-made VM dataset");
+            } else {
+                events.publish(
+                    "dataset.destroyed",
+                    ds.as_str(),
+                    actor,
+                    json!({"vm": name.as_str()}),
+                );
+            }
+            return Err(e);
+        }
+    };
+    let macs: Vec<String> = spec.nics.iter().map(|n| n.mac.to_string()).collect();
+    let data = json!({
+        "uuid": uuid,
+        "template": spec.template,
+        "dataset": ds.as_str(),
+        "macs": macs,
+    });
+    events.publish("vm.created", &name, actor, data);
+    Ok(json!({
+        "name": name,
+        "uuid": uuid,
+        "dataset": ds.as_str(),
+        "path": mountpoint,
+        "macs": macs,
+        "disks": disks,
+    }))
+}
+
+/// Refuse when the VM's dataset already exists (code `exists`, status 409 like ZFS's own).
+async fn refuse_existing(host: &Host, ds: &DatasetName, name: &str) -> Result<(), Error> {
+    match host.zfs.get_props(ds, "type", false).await {
+        Ok(_) => {
+            let message = format!("VM '{name}' already exists (dataset {ds})");
+            Err(Error::Zfs(ZfsError::Command {
+                kind: ZfsErrorKind::Exists,
+                stderr: message.clone(),
+                message,
+            }))
+        }
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The job of `destroy_vm`.
+async fn destroy_vm_job(
+    host: Arc<Host>,
+    events: EventBus,
+    ds: DatasetName,
+    name: String,
+    actor: Option<Actor>,
+) -> Result<serde_json::Value, Error> {
+    let rows = match host.zfs.get_props(&ds, VM_PROPERTIES, true).await {
+        Ok(rows) => rows,
+        Err(e) if is_not_found(&e) => return Err(not_found(&name)),
+        Err(e) => return Err(e.into()),
+    };
+    let all = vm_rows(&rows);
+    let Some(vm) = all.iter().find(|v| v.dataset == ds.as_str()) else {
+        return Err(not_found(&name));
+    };
+    if !vm.managed || vm.uuid.is_none() {
+        return Err(Error::refused(
+            Refusal::NotManaged,
+            format!(
+                "labd did not create {ds} as a VM (no local labd:managed=on and labd:vm); \
+                 it is left alone"
+            ),
+        ));
+    }
+    let unmanaged: Vec<&str> = all
+        .iter()
+        .filter(|v| !v.managed)
+        .map(|v| v.dataset.as_str())
+        .collect();
+    if !unmanaged.is_empty() {
+        return Err(Error::refused(
+            Refusal::NotManaged,
+            format!(
+                "labd did not create {} inside VM '{name}'; remove it first",
+                unmanaged.join(", ")
+            ),
+        ));
+    }
+    let snaps = host.zfs.snapshots(&ds, true).await?;
+    let held: Vec<&str> = snaps
+        .iter()
+        .filter(|s| s.userrefs > 0)
+        .map(|s| s.name.as_str())
+        .collect();
+    if !held.is_empty() {
+        return Err(Error::refused(
+            Refusal::Held,
+            format!(
+                "VM '{name}' has held snapshots: {}; release them first",
+                held.join(", ")
+            ),
+        ));
+    }
+    let uuid = vm.uuid.clone();
+    host.zfs.destroy(&ds, true).await?;
+    for child in all.iter().filter(|v| v.dataset != ds.as_str()) {
+        let data = json!({"recursive_from": ds.as_str()});
+        events.publish("dataset.destroyed", &child.dataset, actor, data);
+    }
+    events.publish(
+        "dataset.destroyed",
+        ds.as_str(),
+        actor,
+        json!({"recursive": true, "vm": name.as_str()}),
+    );
+    events.publish(
+        "vm.destroyed",
+        &name,
+        actor,
+        json!({"uuid": uuid, "dataset": ds.as_str(), "snapshots": snaps.len()}),
+    );
+    Ok(json!({"name": name, "dataset": ds.as_str(), "snapshots": snaps.len()}))
+}
+
+impl Core {
+    /// Create VM `req.name` from a template: validated here, then a `vm.create` job makes its
+    /// dataset, writes `vm.toml` and creates its sparse disks. The VM is not started.
+    pub async fn create_vm(&self, req: wire::CreateVm, actor: Option<Actor>) -> Result<Job, Error> {
+        let host = self.host();
+        let ds = vm_dataset(&host, &req.name)?;
+        vmspec::validate_vm_name(&req.template)
+            .map_err(|e| invalid("template", "invalid_name", e.to_string()))?;
+        let mut template = match templates::find_template(self, &req.template) {
+            Err(Error::NotFound { what }) => {
+                return Err(invalid(
+                    "template",
+                    "unknown_template",
+                    format!("{what} does not exist (labctl template list)"),
+                ));
+            }
+            other => other?,
+        };
+        if let Some(cpus) = req.cpus {
+            template.cpu.count = cpus;
+            template.cpu.sockets = None;
+            template.cpu.cores = None;
+            template.cpu.threads = None;
+        }
+        if let Some(memory) = &req.memory {
+            template.memory = memory
+                .parse::<ByteSize>()
+                .map_err(|e| invalid("memory", "invalid_size", format!("'{memory}': {e}")))?;
+        }
+        let spec = vmspec::instantiate(&template, &req.template, &req.name, Uuid::new_v4())
+            .map_err(|e| invalid(spec_field(&e), "invalid_spec", e.to_string()))?;
+        refuse_existing(&host, &ds, &req.name).await?;
+        let events = self.events.clone();
+        let keys = vec![ds.to_string(), vm_root(&host)?.to_string()];
+        self.jobs
+            .spawn("vm.create", &req.name, actor, keys, move || {
+                create_vm_job(host, events, ds, spec, actor)
+            })
+    }
+
+    /// Every VM: the datasets directly below `<root>/<vm_root>`, each with its `vm.toml`.
+    pub async fn list_vms(&self) -> Result<Vec<wire::Vm>, Error> {
+        let host = self.host();
+        let root = vm_root(&host)?;
+        let rows = match host.zfs.get_props(&root, VM_PROPERTIES, true).await {
+            Ok(rows) => rows,
+            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let prefix = format!("{root}/");
+        let mut vms: Vec<wire::Vm> = vm_rows(&rows)
+            .iter()
+            .filter(|v| {
+                v.dataset
+                    .strip_prefix(&prefix)
+                    .is_some_and(|rest| !rest.contains('/'))
+            })
+            .map(|v| vm_info(v, false))
+            .collect();
+        vms.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(vms)
+    }
+
+    /// One VM with its `vm.toml` text.
+    pub async fn get_vm(&self, name: &str) -> Result<wire::Vm, Error> {
+        let host = self.host();
+        let ds = vm_dataset(&host, name)?;
+        let rows = match host.zfs.get_props(&ds, VM_PROPERTIES, false).await {
+            Ok(rows) => rows,
+            Err(e) if is_not_found(&e) => return Err(not_found(name)),
+            Err(e) => return Err(e.into()),
+        };
+        vm_rows(&rows)
+            .first()
+            .map(|v| vm_info(v, true))
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// Destroy a VM's dataset, its disks and snapshots: a `vm.destroy` job. Refuses a dataset
+    /// labd did not create as a VM and held snapshots.
+    pub fn destroy_vm(&self, name: &str, actor: Option<Actor>) -> Result<Job, Error> {
+        let host = self.host();
+        let ds = vm_dataset(&host, name)?;
+        let events = self.events.clone();
+        let name = name.to_owned();
+        self.jobs.spawn(
+            "vm.destroy",
+            &name.clone(),
+            actor,
+            vec![ds.to_string()],
+            move || destroy_vm_job(host, events, ds, name, actor),
+        )
+    }
+
+    /// The commands `driver` would run to start this VM, with its own directory, UUID and
+    /// MACs.
+    pub async fn vm_command(
+        &self,
+        name: &str,
+        driver: Option<&str>,
+    ) -> Result<wire::CommandPreview, Error> {
+        let driver = templates::check_driver(driver)?;
+        let host = self.host();
+        let ds = vm_dataset(&host, name)?;
+        let rows = match host.zfs.get_props(&ds, VM_PROPERTIES, false).await {
+            Ok(rows) => rows,
+            Err(e) if is_not_found(&e) => return Err(not_found(name)),
+            Err(e) => return Err(e.into()),
+        };
+        let row = vm_rows(&rows)
+            .into_iter()
+            .next()
+            .ok_or_else(|| not_found(name))?;
+        let (_, spec) = read_spec(name, &row)
+            .map_err(|e| Error::Internal(format!("VM '{name}' is broken: {e}")))?;
+        templates::preview(&spec, driver, PathBuf::from(&row.mountpoint), "name")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, property: &str, value: &str, source: &str) -> PropRow {
+        PropRow::new(name, property, value, source)
+    }
+
+    #[test]
+    fn only_local_markers_count() {
+        let rows = [
+            row("t/labd/vms/a", "mountpoint", "/m/vms/a", "inherited from t"),
+            row("t/labd/vms/a", MANAGED, "on", "local"),
+            row("t/labd/vms/a", VM_PROPERTY, "u-1", "local"),
+            row(
+                "t/labd/vms/a/x",
+                MANAGED,
+                "on",
+                "inherited from t/labd/vms/a",
+            ),
+            row(
+                "t/labd/vms/a/x",
+                VM_PROPERTY,
+                "u-1",
+                "inherited from t/labd/vms/a",
+            ),
+        ];
+        let vms = vm_rows(&rows);
+        assert_eq!(vms.len(), 2);
+        assert!(vms[0].managed && vms[0].uuid.as_deref() == Some("u-1"));
+        assert!(!vms[1].managed && vms[1].uuid.is_none());
+        assert_eq!(vms[0].mountpoint, "/m/vms/a");
+    }
+
+    #[test]
+    fn unreadable_spec_is_broken_with_the_reason() {
+        let v = VmRow {
+            dataset: "t/labd/vms/gone".into(),
+            mountpoint: "/nonexistent/labd-test/gone".into(),
+            managed: true,
+            uuid: None,
+        };
+        let info = vm_info(&v, true);
+        assert_eq!(
+            (info.name.as_str(), info.state.as_str()),
+            ("gone", "broken")
+        );
+        assert!(info.error.is_some_and(|e| e.contains("vm.toml")));
+    }
+
+    #[test]
+    fn files_are_written_and_disks_sparse() {
+        let dir = std::env::temp_dir().join(format!("labd-vms-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let text = include_str!("../../../vm-templates/docker-host.toml");
+        let t = vmspec::Template::parse(text).expect("template");
+        let spec = vmspec::instantiate(&t, "docker-host", "web", Uuid::new_v4()).expect("spec");
+        let toml = spec.to_toml().expect("toml");
+        let disks = write_files(&dir, &spec, &toml).expect("write");
+        assert_eq!(disks, ["disk0.img"]);
+        let back = std::fs::read_to_string(dir.join(SPEC_FILE)).expect("read");
+        assert_eq!(VmSpec::from_toml(&back).expect("parse"), spec);
+        let meta = std::fs::metadata(dir.join("disk0.img")).expect("disk");
+        assert_eq!(meta.len(), 20 << 30);
+        // A second create into the same directory does not overwrite a disk.
+        assert!(write_files(&dir, &spec, &toml).is_err());
+        std::fs::remove_dir_all(&dir).expect("clean");
+    }
+
+    #[test]
+    fn spec_errors_name_the_request_field() {
+        let e = SpecError::Invalid {
+            key: "cpu.count".into(),
+            detail: "x".into(),
+        };
+        assert_eq!(spec_field(&e), "cpus");
+        let e = SpecError::Invalid {
+            key: "memory".into(),
+            detail: "x".into(),
+        };
+        assert_eq!(spec_field(&e), "memory");
+    }
+}

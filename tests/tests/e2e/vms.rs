@@ -1,0 +1,224 @@
+//! VMs as datasets (the first slice of issue 3): create from templates, list, info, the
+//! command preview and destroy, checked against `zfs` and the files in the VM's dataset.
+//! Nothing is started.
+
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use labd_e2e::Lab;
+use nix::sys::signal::Signal;
+
+fn vm_names(lab: &Lab) -> Vec<String> {
+    let list = lab.labctl(&["--output", "json", "vm", "list"]).ok().json();
+    list.as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|v| v["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn vms_are_datasets_with_their_spec() {
+    let mut lab = Lab::start();
+    let web = lab.ds("vms/web");
+    let t1 = lab.ds("vms/t1");
+
+    // No VM yet, and no vms dataset either: the list is empty.
+    assert!(vm_names(&lab).is_empty());
+
+    let job = lab
+        .labctl(&[
+            "--output",
+            "json",
+            "vm",
+            "create",
+            "web",
+            "--template",
+            "docker-host",
+        ])
+        .ok()
+        .json();
+    assert_eq!(job["kind"], "vm.create");
+    let log = job["log"].to_string();
+    assert!(log.contains("not imported yet"), "{log}");
+    lab.labctl(&[
+        "vm",
+        "create",
+        "t1",
+        "--template",
+        "tiny",
+        "--cpus",
+        "2",
+        "--memory",
+        "512M",
+    ])
+    .ok();
+    assert!(lab.exists(&lab.ds("vms")));
+    assert_eq!(lab.prop(&lab.ds("vms"), "labd:managed"), "on");
+    for ds in [&web, &t1] {
+        assert!(lab.exists(ds), "{ds}");
+        assert_eq!(lab.prop(ds, "labd:managed"), "on");
+        assert_eq!(lab.source(ds, "labd:vm"), "local");
+    }
+
+    // The table and the JSON list.
+    let table = lab.labctl(&["vm", "list"]).ok().stdout;
+    let head = table.lines().next().unwrap_or_default();
+    for col in ["NAME", "STATE", "CPUS", "MEMORY", "TEMPLATE"] {
+        assert!(head.contains(col), "{col} in {head}");
+    }
+    let web_line = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("web"))
+        .unwrap_or_else(|| panic!("no web row:\n{table}"));
+    assert!(
+        web_line.contains("stopped") && web_line.contains("docker-host"),
+        "{web_line}"
+    );
+    assert_eq!(vm_names(&lab), ["t1", "web"]);
+    let list = lab.labctl(&["--output", "json", "vm", "list"]).ok().json();
+    let t1_json = list
+        .as_array()
+        .and_then(|l| l.iter().find(|v| v["name"] == "t1"))
+        .cloned()
+        .expect("t1");
+    assert_eq!(t1_json["cpus"], 2);
+    assert_eq!(t1_json["memory"], 512u64 << 20);
+    assert_eq!(t1_json["loader"], "kernel");
+    assert_eq!(t1_json["dataset"], t1.as_str());
+
+    // vm.toml is in the dataset's mountpoint, with the uuid of labd:vm.
+    let info = lab
+        .labctl(&["--output", "json", "vm", "info", "web"])
+        .ok()
+        .json();
+    let uuid = info["uuid"].as_str().expect("uuid").to_owned();
+    assert_eq!(lab.prop(&web, "labd:vm"), uuid);
+    let mac = info["nics"][0]["mac"].as_str().expect("mac").to_owned();
+    assert!(mac.starts_with("58:9c:fc:0"), "{mac}");
+    assert_eq!(info["nics"][0]["switch"], "lan");
+    let dir = std::path::PathBuf::from(lab.prop(&web, "mountpoint"));
+    let text = std::fs::read_to_string(dir.join("vm.toml")).expect("vm.toml");
+    assert!(text.contains(&uuid) && text.contains(&mac), "{text}");
+    assert_eq!(info["text"].as_str(), Some(text.as_str()));
+
+    // The boot disk: a sparse file of the template's size (the image is not imported yet).
+    let meta = std::fs::metadata(dir.join("disk0.img")).expect("disk0.img");
+    assert_eq!(meta.len(), 20u64 << 30);
+    assert!(
+        meta.blocks() * 512 < 1 << 20,
+        "sparse: {} blocks",
+        meta.blocks()
+    );
+    assert_eq!(info["disks"][0]["size"], 20u64 << 30);
+
+    // The preview shows this VM's own MAC, uuid and directory.
+    let preview = lab
+        .labctl(&["vm", "command", "web", "--driver", "bhyve"])
+        .ok()
+        .stdout;
+    for needle in [
+        format!("mac={mac}"),
+        uuid.clone(),
+        dir.join("disk0.img").display().to_string(),
+        "com1,/dev/nmdm-web.1A".to_owned(),
+    ] {
+        assert!(preview.contains(&needle), "{needle} in:\n{preview}");
+    }
+    let qemu = lab
+        .labctl(&["vm", "command", "t1", "--driver", "qemu"])
+        .ok()
+        .stdout;
+    assert!(qemu.contains("qemu-system-x86_64"), "{qemu}");
+
+    // Refused requests change nothing.
+    let before = lab.inventory();
+    for (args, needle) in [
+        (
+            vec!["vm", "create", "Bad_Name", "--template", "tiny"],
+            "name",
+        ),
+        (vec!["vm", "create", "-x", "--template", "tiny"], ""),
+        (vec!["vm", "create", "ok1", "--template", "nope"], "nope"),
+        (vec!["vm", "create", "web", "--template", "tiny"], "exists"),
+        (
+            vec!["vm", "create", "ok2", "--template", "tiny", "--cpus", "0"],
+            "cpus",
+        ),
+        (
+            vec![
+                "vm",
+                "create",
+                "ok3",
+                "--template",
+                "tiny",
+                "--memory",
+                "lots",
+            ],
+            "memory",
+        ),
+    ] {
+        let out = lab.labctl(&args);
+        assert_ne!(out.code, 0, "{args:?} succeeded");
+        assert!(out.stderr.contains(needle), "{needle} in {}", out.stderr);
+    }
+    assert_eq!(lab.inventory(), before);
+    let out = lab.labctl(&["vm", "info", "nope"]).code(1);
+    assert!(out.stderr.contains("nope"), "{}", out.stderr);
+
+    // A dataset in the VM root without a vm.toml is listed as broken.
+    lab.zfs(&["create", &lab.ds("vms/junk")]).ok();
+    let list = lab.labctl(&["--output", "json", "vm", "list"]).ok().json();
+    let junk = list
+        .as_array()
+        .and_then(|l| l.iter().find(|v| v["name"] == "junk"))
+        .cloned()
+        .expect("junk listed");
+    assert_eq!(junk["state"], "broken");
+    assert!(
+        junk["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("vm.toml")),
+        "{junk}"
+    );
+    // ... and labd does not destroy what it did not create.
+    let out = lab.labctl(&["vm", "destroy", "junk"]).code(1);
+    assert!(out.stderr.contains("not_managed"), "{}", out.stderr);
+    assert!(lab.exists(&lab.ds("vms/junk")));
+
+    // uuid and MACs persist across a restart of labd: they are read back, not re-derived.
+    let before = lab
+        .labctl(&["--output", "json", "vm", "info", "web"])
+        .ok()
+        .json();
+    lab.signal(Signal::SIGTERM);
+    assert_eq!(lab.wait_labd(Duration::from_secs(10)), Some(0));
+    lab.spawn_labd();
+    let after = lab
+        .labctl(&["--output", "json", "vm", "info", "web"])
+        .ok()
+        .json();
+    assert_eq!(before, after);
+    assert_eq!(after["uuid"], uuid.as_str());
+    assert_eq!(after["nics"][0]["mac"], mac.as_str());
+
+    // Destroy removes the dataset with its snapshots; a held one is refused first.
+    let snap = format!("{web}@s1");
+    lab.zfs(&["snapshot", &snap]).ok();
+    lab.labctl(&["dataset", "hold", "vms/web@s1", "keep"]).ok();
+    let out = lab.labctl(&["vm", "destroy", "web"]).code(1);
+    assert!(out.stderr.contains("held"), "{}", out.stderr);
+    assert!(lab.exists(&web) && lab.exists(&snap));
+    lab.labctl(&["dataset", "release", "vms/web@s1", "keep"])
+        .ok();
+    lab.labctl(&["vm", "destroy", "web"]).ok();
+    assert!(!lab.exists(&web));
+    assert!(!lab.exists(&snap));
+    assert_eq!(vm_names(&lab), ["junk", "t1"]);
+    let out = lab.labctl(&["vm", "destroy", "web"]).code(1);
+    assert!(out.stderr.contains("not_found"), "{}", out.stderr);
+    let out = lab.labctl(&["vm", "destroy", "photos"]).code(1);
+    assert!(out.stderr.contains("not_found"), "{}", out.stderr);
+    lab.labctl(&["vm", "destroy", "t1"]).ok();
+    assert!(!lab.exists(&t1));
+}
