@@ -241,6 +241,19 @@ pub enum VmCommand {
         /// VM name.
         name: String,
     },
+    /// Start a VM under labd's supervision (the QEMU driver; bhyve comes later).
+    Start {
+        /// VM name.
+        name: String,
+    },
+    /// Stop a VM: the ACPI power button, then a kill after its stop_timeout.
+    Stop {
+        /// VM name.
+        name: String,
+        /// Kill it at once instead of pressing the power button.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the exact commands a driver would run to start this VM.
     Command {
         /// VM name.

@@ -47,6 +47,12 @@ pub struct VmsConfig {
     pub templates_dir: PathBuf,
     /// Where VM datasets live, relative to the root dataset (`vms`: `<root>/vms/<name>`).
     pub vm_root: String,
+    /// The driver that runs VMs: `bhyve` (the default on FreeBSD) or `qemu` (elsewhere).
+    pub driver: String,
+    /// QEMU's accelerator (`auto`, `kvm`, `tcg`).
+    pub accel: crate::host::qemu::Accel,
+    /// Where kernel-loader VMs find relative `kernel`/`initrd` names.
+    pub kernel_dir: PathBuf,
 }
 
 /// `[metrics]`.
@@ -214,6 +220,9 @@ struct RawConfig {
 struct RawVms {
     templates_dir: Option<PathBuf>,
     vm_root: Option<String>,
+    driver: Option<String>,
+    accel: Option<String>,
+    kernel_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -392,10 +401,40 @@ impl Config {
         }
         let vm_root = raw.vms.vm_root.unwrap_or_else(|| "vms".to_owned());
         check_vm_root(&root, &vm_root).map_err(|m| value_error("vms.vm_root", m))?;
+        let driver = raw.vms.driver.unwrap_or_else(|| {
+            if cfg!(target_os = "freebsd") {
+                "bhyve".to_owned()
+            } else {
+                "qemu".to_owned()
+            }
+        });
+        if driver != "bhyve" && driver != "qemu" {
+            return Err(value_error(
+                "vms.driver",
+                format!("'{driver}' is not one of bhyve, qemu"),
+            ));
+        }
+        let accel = match raw.vms.accel {
+            Some(a) => a.parse().map_err(|m| value_error("vms.accel", m))?,
+            None => crate::host::qemu::Accel::Auto,
+        };
+        let kernel_dir = raw
+            .vms
+            .kernel_dir
+            .unwrap_or_else(|| PathBuf::from("/var/cache/labd-test-guest"));
+        if !kernel_dir.is_absolute() {
+            return Err(value_error(
+                "vms.kernel_dir",
+                "must be an absolute path".into(),
+            ));
+        }
         Ok(Self {
             vms: VmsConfig {
                 templates_dir,
                 vm_root,
+                driver,
+                accel,
+                kernel_dir,
             },
             metrics,
             mqtt,
@@ -662,6 +701,37 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("labd.toml"), text)
+    }
+
+    #[test]
+    fn vms_driver_accel_and_kernel_dir() {
+        let c = parse("[zfs]\nroot = \"tank\"\n").expect("valid");
+        let want = if cfg!(target_os = "freebsd") {
+            "bhyve"
+        } else {
+            "qemu"
+        };
+        assert_eq!(c.vms.driver, want);
+        assert_eq!(c.vms.accel, crate::host::qemu::Accel::Auto);
+        assert_eq!(
+            c.vms.kernel_dir,
+            PathBuf::from("/var/cache/labd-test-guest")
+        );
+        let c = parse(
+            "[zfs]\nroot = \"tank\"\n[vms]\ndriver = \"bhyve\"\naccel = \"tcg\"\nkernel_dir = \"/g\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.vms.driver, "bhyve");
+        assert_eq!(c.vms.accel, crate::host::qemu::Accel::Tcg);
+        assert_eq!(c.vms.kernel_dir, PathBuf::from("/g"));
+        for (text, key) in [
+            ("driver = \"xen\"", "vms.driver"),
+            ("accel = \"hvf\"", "vms.accel"),
+            ("kernel_dir = \"rel\"", "vms.kernel_dir"),
+        ] {
+            let e = parse(&format!("[zfs]\nroot = \"tank\"\n[vms]\n{text}\n")).expect_err(key);
+            assert!(e.to_string().contains(key), "{key}: {e}");
+        }
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         "stopping: no new connections, finishing jobs"
     );
     stop_tx.send_replace(true);
+    // VMs get their ACPI button and their stop_timeout, then are killed.
+    core.vms.stop_all().await;
     let _ = scheduler.await;
     let _ = metrics.await;
     core.jobs.shutdown(grace).await;

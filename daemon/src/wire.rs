@@ -603,8 +603,16 @@ pub struct Vm {
     pub nics: Vec<VmNic>,
     /// The VM's dataset.
     pub dataset: String,
-    /// `stopped` (no VM runs yet), or `broken` when its `vm.toml` cannot be read.
+    /// `running`, `stopped`, `crashed` (its last run ended in a fault), or `broken` when its
+    /// `vm.toml` cannot be read.
     pub state: String,
+    /// QEMU's pid while `running`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// What the last run's end meant (`poweroff`, `reboot`, `fault`, `unknown`), once labd has
+    /// seen one end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
     /// Why the VM is `broken`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -646,4 +654,12 @@ pub struct VmCommandQuery {
     /// `bhyve` (default) or `qemu`.
     #[serde(default)]
     pub driver: Option<String>,
+}
+
+/// `POST /v1/vms/{name}/stop?force=true`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StopVmQuery {
+    /// Skip the ACPI power button and kill QEMU at once.
+    #[serde(default)]
+    pub force: bool,
 }

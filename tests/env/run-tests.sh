@@ -25,6 +25,10 @@ if rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-freebsd; 
 fi
 echo "== build"
 cargo build --workspace --bins --locked
+echo "== test guest"
+# The tiny guest the VM tests boot under QEMU (shared/reference/test-guest.md).
+LABD_TEST_GUEST=$(sh tests/env/build-test-guest.sh /var/cache/labd-test-guest)
+export LABD_TEST_GUEST
 echo "== tests"
 # A wedged zfs-fuse must fail the run, not hang it.
 timeout 1500 cargo test --workspace --locked

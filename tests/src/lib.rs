@@ -549,3 +549,27 @@ impl Drop for Ganesha {
         let _ = self.child.wait();
     }
 }
+
+/// The test guest's directory (`vmlinuz`, `initrd.gz`; shared/reference/test-guest.md):
+/// `$LABD_TEST_GUEST` when it holds both (tests/env/run-tests.sh builds it first), else built
+/// here with `sh tests/env/build-test-guest.sh DIR` (DIR `/var/cache/labd-test-guest`).
+pub fn test_guest_dir() -> PathBuf {
+    let have = |d: &Path| d.join("vmlinuz").is_file() && d.join("initrd.gz").is_file();
+    let dir = std::env::var_os("LABD_TEST_GUEST").map_or_else(
+        || PathBuf::from("/var/cache/labd-test-guest"),
+        PathBuf::from,
+    );
+    if have(&dir) {
+        return dir;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("env/build-test-guest.sh");
+    let script_s = script.display().to_string();
+    let dir_s = dir.display().to_string();
+    let out = run("sh", &[&script_s, &dir_s]);
+    assert!(
+        out.code == 0 && have(&dir),
+        "cannot build the test guest into {dir_s}:\n{}",
+        out.stderr
+    );
+    dir
+}

@@ -1,5 +1,5 @@
-//! `labctl vm create|list|info|destroy|command`: VMs as labd keeps them, one dataset each with
-//! its `vm.toml`. Creating and destroying are jobs; nothing is started yet.
+//! `labctl vm create|list|info|start|stop|destroy|command`: VMs as labd keeps them, one dataset
+//! each with its `vm.toml`. Creating, starting, stopping and destroying are jobs.
 
 use labd::wire::{self, CommandPreview, Job, Vm};
 
@@ -49,6 +49,17 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> anyhow::Result<()> {
             client.post("/v1/vms", &req).await?
         }
         VmCommand::Destroy { name } => client.delete(&vm_path(&name)).await?,
+        VmCommand::Start { name } => {
+            client
+                .post_empty(&format!("{}/start", vm_path(&name)))
+                .await?
+        }
+        VmCommand::Stop { name, force } => {
+            let q = if force { "?force=true" } else { "" };
+            client
+                .post_empty(&format!("{}/stop{q}", vm_path(&name)))
+                .await?
+        }
     };
     jobs::run(client, ctx.report(), job).await
 }
@@ -71,6 +82,14 @@ fn render_one(vm: &Vm) -> String {
     let mut rows: Vec<(String, String)> = [
         ("name", vm.name.clone()),
         ("state", vm.state.clone()),
+        (
+            "pid",
+            vm.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+        ),
+        (
+            "last exit",
+            vm.last_exit.clone().unwrap_or_else(|| "-".to_owned()),
+        ),
         (
             "uuid",
             vm.uuid.map_or_else(|| "-".to_owned(), |u| u.to_string()),

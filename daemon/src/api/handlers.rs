@@ -241,6 +241,23 @@ pub(super) async fn destroy_vm(
     accepted(s.core.destroy_vm(&name, peer.0))
 }
 
+pub(super) async fn start_vm(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    accepted(s.core.start_vm(&name, peer.0).await)
+}
+
+pub(super) async fn stop_vm(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+    Query(q): Query<wire::StopVmQuery>,
+) -> ApiResult<Response> {
+    accepted(s.core.stop_vm(&name, q.force, peer.0))
+}
+
 pub(super) async fn vm_command(
     State(s): State<AppState>,
     Path(name): Path<String>,

@@ -169,6 +169,8 @@ fn router(state: AppState) -> Router {
         .route("/v1/vms", get(h::list_vms).post(h::create_vm))
         .route("/v1/vms/{name}", get(h::get_vm).delete(h::destroy_vm))
         .route("/v1/vms/{name}/command", get(h::vm_command))
+        .route("/v1/vms/{name}/start", post(h::start_vm))
+        .route("/v1/vms/{name}/stop", post(h::stop_vm))
         .route("/v1/policies", get(h::list_policies))
         .route("/v1/policies/run", post(h::run_policies))
         .route("/v1/policies/{name}", get(h::get_policy))

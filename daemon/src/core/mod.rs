@@ -16,6 +16,7 @@ mod vms;
 // Only templates and previews use it so far; the VM feature (issue 3) wires the rest.
 pub mod retention;
 pub mod schedule;
+pub mod supervise;
 #[allow(dead_code)]
 pub mod vmspec;
 
@@ -90,6 +91,8 @@ pub struct Core {
     /// Prometheus metrics.
     pub metrics: crate::metrics::Metrics,
     policy_state: std::sync::Mutex<policy::PolicyState>,
+    /// The VMs labd runs (in memory only).
+    pub vms: Arc<supervise::Supervisor>,
 }
 
 impl Core {
@@ -102,6 +105,7 @@ impl Core {
             events,
             metrics: crate::metrics::Metrics::default(),
             policy_state: std::sync::Mutex::default(),
+            vms: Arc::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! VMs as datasets: each VM is the dataset `<root>/<vm_root>/<name>` (`[vms] vm_root`, default
 //! `vms`) holding its spec as `vm.toml` and its disks as sparse files. This is the first slice
-//! of issue 3: VMs are created, listed, inspected, previewed and destroyed, not run yet.
+//! of issue 3: VMs are created, listed, inspected, previewed and destroyed; `supervise.rs`
+//! starts and stops them.
 //!
 //! Rules:
 //! * **ZFS is the database.** labd keeps no VM list: every read lists the datasets directly
@@ -14,7 +15,7 @@
 //! * Create validates everything (name, template, overrides) before the job, refuses an
 //!   existing VM, and removes the half-made dataset again if writing its files fails.
 //! * Destroy is recursive (the VM's snapshots go with it) but refuses held snapshots.
-//!   Refusing to destroy a running VM comes with the supervisor (nothing runs yet).
+//!   A running VM is refused (the supervisor, `supervise.rs`, knows which run).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -199,6 +200,8 @@ fn vm_info(row: &VmRow, with_text: bool) -> wire::Vm {
                 .collect(),
             dataset: row.dataset.clone(),
             state: "stopped".to_owned(),
+            pid: None,
+            last_exit: None,
             error: None,
             text: with_text.then_some(text),
         },
@@ -213,6 +216,8 @@ fn vm_info(row: &VmRow, with_text: bool) -> wire::Vm {
             nics: Vec::new(),
             dataset: row.dataset.clone(),
             state: "broken".to_owned(),
+            pid: None,
+            last_exit: None,
             error: Some(error),
             text: None,
         },
@@ -517,7 +522,7 @@ impl Core {
                     .strip_prefix(&prefix)
                     .is_some_and(|rest| !rest.contains('/'))
             })
-            .map(|v| vm_info(v, false))
+            .map(|v| self.with_status(vm_info(v, false)))
             .collect();
         vms.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(vms)
@@ -534,8 +539,65 @@ impl Core {
         };
         vm_rows(&rows)
             .first()
-            .map(|v| vm_info(v, true))
+            .map(|v| self.with_status(vm_info(v, true)))
             .ok_or_else(|| not_found(name))
+    }
+
+    /// `vm` with the supervisor's state (running, pid, last exit) over the dataset's.
+    fn with_status(&self, mut vm: wire::Vm) -> wire::Vm {
+        if vm.state != "broken"
+            && let Some(st) = self.vms.status(&vm.name)
+        {
+            vm.state = st.state;
+            vm.pid = st.pid;
+            vm.last_exit = st.last_exit;
+        }
+        vm
+    }
+
+    /// Start VM `name` under the configured driver: a `vm.start` job (QEMU only so far).
+    pub async fn start_vm(&self, name: &str, actor: Option<Actor>) -> Result<Job, Error> {
+        let host = self.host();
+        let ds = vm_dataset(&host, name)?;
+        let rows = match host.zfs.get_props(&ds, VM_PROPERTIES, false).await {
+            Ok(rows) => rows,
+            Err(e) if is_not_found(&e) => return Err(not_found(name)),
+            Err(e) => return Err(e.into()),
+        };
+        let row = vm_rows(&rows)
+            .into_iter()
+            .next()
+            .ok_or_else(|| not_found(name))?;
+        let (_, spec) = read_spec(name, &row)
+            .map_err(|e| Error::Internal(format!("VM '{name}' is broken: {e}")))?;
+        let vms = &host.config.vms;
+        let plan = super::supervise::StartPlan {
+            name: name.to_owned(),
+            spec,
+            dir: PathBuf::from(&row.mountpoint),
+            driver: vms.driver.clone(),
+            accel: vms.accel,
+            kernel_dir: vms.kernel_dir.clone(),
+        };
+        let sup = Arc::clone(&self.vms);
+        let events = self.events.clone();
+        self.jobs
+            .spawn("vm.start", name, actor, vec![ds.to_string()], move || {
+                super::supervise::start(sup, events, plan, actor)
+            })
+    }
+
+    /// Stop VM `name`: a `vm.stop` job (the ACPI power button, then SIGKILL after the spec's
+    /// stop_timeout; `force` kills at once).
+    pub fn stop_vm(&self, name: &str, force: bool, actor: Option<Actor>) -> Result<Job, Error> {
+        let host = self.host();
+        let ds = vm_dataset(&host, name)?;
+        let sup = Arc::clone(&self.vms);
+        let owned = name.to_owned();
+        self.jobs
+            .spawn("vm.stop", name, actor, vec![ds.to_string()], move || {
+                super::supervise::stop(sup, owned, force)
+            })
     }
 
     /// Destroy a VM's dataset, its disks and snapshots: a `vm.destroy` job. Refuses a dataset
@@ -543,6 +605,13 @@ impl Core {
     pub fn destroy_vm(&self, name: &str, actor: Option<Actor>) -> Result<Job, Error> {
         let host = self.host();
         let ds = vm_dataset(&host, name)?;
+        if self.vms.is_running(name) {
+            return Err(Error::Invalid {
+                field: "name".to_owned(),
+                code: "running",
+                message: format!("VM '{name}' is running; stop it first (labctl vm stop {name})"),
+            });
+        }
         let events = self.events.clone();
         let name = name.to_owned();
         self.jobs.spawn(

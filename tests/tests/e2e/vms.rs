@@ -1,11 +1,11 @@
 //! VMs as datasets (the first slice of issue 3): create from templates, list, info, the
-//! command preview and destroy, checked against `zfs` and the files in the VM's dataset.
-//! Nothing is started.
+//! command preview and destroy, checked against `zfs` and the files in the VM's dataset; and
+//! starting and stopping the real test guest with the QEMU driver under TCG.
 
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use labd_e2e::Lab;
+use labd_e2e::{Lab, LabOptions};
 use nix::sys::signal::Signal;
 
 fn vm_names(lab: &Lab) -> Vec<String> {
@@ -221,4 +221,115 @@ fn vms_are_datasets_with_their_spec() {
     assert!(out.stderr.contains("not_found"), "{}", out.stderr);
     lab.labctl(&["vm", "destroy", "t1"]).ok();
     assert!(!lab.exists(&t1));
+}
+
+fn vm_json(lab: &Lab, name: &str) -> serde_json::Value {
+    lab.labctl(&["--output", "json", "vm", "info", name])
+        .ok()
+        .json()
+}
+
+fn banners(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("LABD-TEST-GUEST up")
+        .count()
+}
+
+/// Wait (at most 60 s) until `log` holds `n` banners; the time it took.
+fn wait_banners(lab: &Lab, log: &std::path::Path, n: usize) -> Duration {
+    let start = std::time::Instant::now();
+    while banners(log) < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no banner #{n} in {} within 60s:\n{}\nqemu.log:\n{}\nlabd:\n{}",
+            log.display(),
+            std::fs::read_to_string(log).unwrap_or_default(),
+            std::fs::read_to_string(log.with_file_name("qemu.log")).unwrap_or_default(),
+            lab.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn the_test_guest_starts_and_stops_under_qemu() {
+    let guest = labd_e2e::test_guest_dir();
+    let mut lab = Lab::start_with(LabOptions {
+        tables: format!(
+            "[vms]\ndriver = \"qemu\"\naccel = \"tcg\"\nkernel_dir = \"{}\"\n",
+            guest.display()
+        ),
+        ..LabOptions::default()
+    });
+    lab.labctl(&["vm", "create", "t1", "--template", "tiny"])
+        .ok();
+    let dir = std::path::PathBuf::from(lab.prop(&lab.ds("vms/t1"), "mountpoint"));
+    assert!(
+        dir.join("console.sock").as_os_str().len() < 108,
+        "{}",
+        dir.display()
+    );
+    let console = dir.join("console.log");
+
+    let job = lab
+        .labctl(&["--output", "json", "vm", "start", "t1"])
+        .ok()
+        .json();
+    assert_eq!(job["kind"], "vm.start");
+    let boot = wait_banners(&lab, &console, 1);
+    eprintln!("vm start -> banner: {:.1}s", boot.as_secs_f64());
+    let info = vm_json(&lab, "t1");
+    assert_eq!(info["state"], "running", "{info}");
+    let pid = info["pid"].as_u64().expect("pid");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let table = lab.labctl(&["vm", "list"]).ok().stdout;
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("t1"))
+        .unwrap_or_else(|| panic!("no t1 row:\n{table}"));
+    assert!(row.contains("running"), "{row}");
+
+    // A second start is refused while it runs; so is destroy.
+    let out = lab.labctl(&["vm", "start", "t1"]).code(1);
+    assert!(out.stderr.contains("already running"), "{}", out.stderr);
+    let out = lab.labctl(&["vm", "destroy", "t1"]).code(1);
+    assert!(out.stderr.contains("running"), "{}", out.stderr);
+
+    // The ACPI button: the guest powers off by itself, within the spec's stop_timeout (10s).
+    let t = std::time::Instant::now();
+    let job = lab
+        .labctl(&["--output", "json", "vm", "stop", "t1"])
+        .ok()
+        .json();
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert_eq!(job["result"]["meaning"], "poweroff", "{job}");
+    assert_eq!(job["result"]["killed"], false, "{job}");
+    let info = vm_json(&lab, "t1");
+    assert_eq!(info["state"], "stopped", "{info}");
+    assert_eq!(info["last_exit"], "poweroff", "{info}");
+    assert!(info.get("pid").is_none(), "{info}");
+
+    // Again: the console log is appended to; then a forced stop kills it.
+    lab.labctl(&["vm", "start", "t1"]).ok();
+    wait_banners(&lab, &console, 2);
+    assert_eq!(vm_json(&lab, "t1")["state"], "running");
+    let job = lab
+        .labctl(&["--output", "json", "vm", "stop", "t1", "--force"])
+        .ok()
+        .json();
+    assert_eq!(job["result"]["killed"], true, "{job}");
+    assert_eq!(vm_json(&lab, "t1")["state"], "stopped");
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+
+    // labd's shutdown stops the VMs it runs.
+    lab.labctl(&["vm", "start", "t1"]).ok();
+    wait_banners(&lab, &console, 3);
+    let pid = vm_json(&lab, "t1")["pid"].as_u64().expect("pid");
+    lab.signal(Signal::SIGTERM);
+    assert_eq!(lab.wait_labd(Duration::from_secs(20)), Some(0));
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    lab.spawn_labd();
+    lab.labctl(&["vm", "destroy", "t1"]).ok();
 }
