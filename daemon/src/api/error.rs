@@ -55,7 +55,8 @@ pub fn status_of(e: &Error) -> StatusCode {
             | Refusal::NewerSnapshots
             | Refusal::NotManaged
             | Refusal::RootDataset
-            | Refusal::Exported => StatusCode::CONFLICT,
+            | Refusal::Exported
+            | Refusal::Running => StatusCode::CONFLICT,
         },
         Error::ShuttingDown | Error::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
         Error::Zfs(ZfsError::Command { kind, .. }) => match kind {

@@ -23,6 +23,8 @@ pub enum Refusal {
     RootDataset,
     /// An NFS export uses the dataset.
     Exported,
+    /// The VM is running.
+    Running,
 }
 
 impl Refusal {
@@ -36,6 +38,7 @@ impl Refusal {
             Self::NotManaged => "not_managed",
             Self::RootDataset => "root_dataset",
             Self::Exported => "exported",
+            Self::Running => "running",
         }
     }
 }

@@ -92,14 +92,6 @@ fn unsupported(message: String) -> Error {
     }
 }
 
-fn refused(code: &'static str, message: String) -> Error {
-    Error::Invalid {
-        field: "name".to_owned(),
-        code,
-        message,
-    }
-}
-
 impl Supervisor {
     fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Run>>> {
         self.runs
@@ -188,8 +180,8 @@ pub(super) async fn start(
         )));
     }
     if sup.is_running(&name) {
-        return Err(refused(
-            "running",
+        return Err(Error::refused(
+            super::Refusal::Running,
             format!("VM '{name}' is already running"),
         ));
     }

@@ -606,11 +606,10 @@ impl Core {
         let host = self.host();
         let ds = vm_dataset(&host, name)?;
         if self.vms.is_running(name) {
-            return Err(Error::Invalid {
-                field: "name".to_owned(),
-                code: "running",
-                message: format!("VM '{name}' is running; stop it first (labctl vm stop {name})"),
-            });
+            return Err(Error::refused(
+                super::Refusal::Running,
+                format!("VM '{name}' is running; stop it first (labctl vm stop {name})"),
+            ));
         }
         let events = self.events.clone();
         let name = name.to_owned();
