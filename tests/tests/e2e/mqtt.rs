@@ -128,8 +128,7 @@ impl Broker {
             ]
             .map(String::from),
         );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = run("mosquitto_sub", &args);
+        let out = bounded_sub(&args, secs);
         let payload = out.stdout.trim_end_matches('\n');
         (!payload.is_empty()).then(|| payload.to_owned())
     }
@@ -333,8 +332,7 @@ fn mqtt_publishes_state_events_and_discovery() {
         ]
         .map(String::from),
     );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = run("mosquitto_sub", &args);
+    let out = bounded_sub(&args, 2);
     let suffix = format!("_{}_capacity/config", lab.pool);
     let line = out
         .stdout
@@ -443,4 +441,14 @@ fn mqtt_clean_stop_publishes_offline() {
         })
         .expect("daemon.stopped on the events topic");
     wait_status(&broker, &lab, &prefix, "offline", Duration::from_secs(5));
+}
+
+/// Run `mosquitto_sub ARGS` (which carry their own `-W SECS`) under `timeout`: mosquitto_sub
+/// 2.0.11 has been seen to hang in a futex instead of honouring `-W`, which would hang the
+/// test; a killed run reads as "no message", and callers retry within their deadline.
+fn bounded_sub(args: &[String], secs: u32) -> labd_e2e::Out {
+    let limit = (secs + 3).to_string();
+    let mut argv: Vec<&str> = vec!["-s", "KILL", &limit, "mosquitto_sub"];
+    argv.extend(args.iter().map(String::as_str));
+    run("timeout", &argv)
 }
