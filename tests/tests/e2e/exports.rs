@@ -11,7 +11,8 @@ use labd_e2e::{Ganesha, Lab, LabOptions, run};
 fn nfs(args: &[&str]) -> labd_e2e::Out {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let out = run(args[0], &args[1..]);
+        // Bounded: a client stuck on a dead server must fail the test, not hang it.
+        let out = run("timeout", &[&["-s", "KILL", "20"], args].concat());
         if !out.stderr.contains("NFS4ERR_DELAY") || Instant::now() > deadline {
             return out;
         }
