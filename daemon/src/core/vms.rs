@@ -140,6 +140,28 @@ fn vm_rows(rows: &[PropRow]) -> Vec<VmRow> {
     out
 }
 
+/// The dataset row of VM `name`; `not_found` when there is no such VM dataset.
+async fn vm_row(host: &Host, name: &str) -> Result<VmRow, Error> {
+    let ds = vm_dataset(host, name)?;
+    let rows = match host.zfs.get_props(&ds, VM_PROPERTIES, false).await {
+        Ok(rows) => rows,
+        Err(e) if is_not_found(&e) => return Err(not_found(name)),
+        Err(e) => return Err(e.into()),
+    };
+    vm_rows(&rows)
+        .into_iter()
+        .next()
+        .ok_or_else(|| not_found(name))
+}
+
+/// The dataset row and the parsed `vm.toml` of VM `name`.
+async fn vm_spec(host: &Host, name: &str) -> Result<(VmRow, VmSpec), Error> {
+    let row = vm_row(host, name).await?;
+    let (_, spec) = read_spec(name, &row)
+        .map_err(|e| Error::Internal(format!("VM '{name}' is broken: {e}")))?;
+    Ok((row, spec))
+}
+
 /// Read and check a VM's `vm.toml`: the text and the spec, or why it cannot be used.
 fn read_spec(name: &str, row: &VmRow) -> Result<(String, VmSpec), String> {
     if !row.mountpoint.starts_with('/') {
@@ -531,16 +553,8 @@ impl Core {
     /// One VM with its `vm.toml` text.
     pub async fn get_vm(&self, name: &str) -> Result<wire::Vm, Error> {
         let host = self.host();
-        let ds = vm_dataset(&host, name)?;
-        let rows = match host.zfs.get_props(&ds, VM_PROPERTIES, false).await {
-            Ok(rows) => rows,
-            Err(e) if is_not_found(&e) => return Err(not_found(name)),
-            Err(e) => return Err(e.into()),
-        };
-        vm_rows(&rows)
-            .first()
-            .map(|v| self.with_status(vm_info(v, true)))
-            .ok_or_else(|| not_found(name))
+        let row = vm_row(&host, name).await?;
+        Ok(self.with_status(vm_info(&row, true)))
     }
 
     /// `vm` with the supervisor's state (running, pid, last exit) over the dataset's.
@@ -558,18 +572,7 @@ impl Core {
     /// Start VM `name` under the configured driver: a `vm.start` job (QEMU only so far).
     pub async fn start_vm(&self, name: &str, actor: Option<Actor>) -> Result<Job, Error> {
         let host = self.host();
-        let ds = vm_dataset(&host, name)?;
-        let rows = match host.zfs.get_props(&ds, VM_PROPERTIES, false).await {
-            Ok(rows) => rows,
-            Err(e) if is_not_found(&e) => return Err(not_found(name)),
-            Err(e) => return Err(e.into()),
-        };
-        let row = vm_rows(&rows)
-            .into_iter()
-            .next()
-            .ok_or_else(|| not_found(name))?;
-        let (_, spec) = read_spec(name, &row)
-            .map_err(|e| Error::Internal(format!("VM '{name}' is broken: {e}")))?;
+        let (row, spec) = vm_spec(&host, name).await?;
         let vms = &host.config.vms;
         let plan = super::supervise::StartPlan {
             name: name.to_owned(),
@@ -581,10 +584,13 @@ impl Core {
         };
         let sup = Arc::clone(&self.vms);
         let events = self.events.clone();
-        self.jobs
-            .spawn("vm.start", name, actor, vec![ds.to_string()], move || {
-                super::supervise::start(sup, events, plan, actor)
-            })
+        self.jobs.spawn(
+            "vm.start",
+            name,
+            actor,
+            vec![row.dataset.clone()],
+            move || super::supervise::start(sup, events, plan, actor),
+        )
     }
 
     /// Stop VM `name`: a `vm.stop` job (the ACPI power button, then SIGKILL after the spec's
@@ -631,18 +637,7 @@ impl Core {
     ) -> Result<wire::CommandPreview, Error> {
         let driver = templates::check_driver(driver)?;
         let host = self.host();
-        let ds = vm_dataset(&host, name)?;
-        let rows = match host.zfs.get_props(&ds, VM_PROPERTIES, false).await {
-            Ok(rows) => rows,
-            Err(e) if is_not_found(&e) => return Err(not_found(name)),
-            Err(e) => return Err(e.into()),
-        };
-        let row = vm_rows(&rows)
-            .into_iter()
-            .next()
-            .ok_or_else(|| not_found(name))?;
-        let (_, spec) = read_spec(name, &row)
-            .map_err(|e| Error::Internal(format!("VM '{name}' is broken: {e}")))?;
+        let (row, spec) = vm_spec(&host, name).await?;
         templates::preview(&spec, driver, PathBuf::from(&row.mountpoint), "name")
     }
 }
