@@ -6,14 +6,9 @@
 //! Run as root with zfs-fuse up: `cargo bench -p labd-e2e --bench dataset_list`
 //! (`DATASETS=N` changes the count).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use labd_e2e::{Lab, LabOptions, run};
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
+use labd_e2e::{Lab, LabOptions, median, run};
 
 fn main() {
     let count: usize = std::env::var("DATASETS")
@@ -24,17 +19,8 @@ fn main() {
         pool_mib: 1024,
         ..LabOptions::default()
     });
-    let started = Instant::now();
-    for i in 0..count {
-        let parent = lab.ds(&format!("g{}", i / 100));
-        if i % 100 == 0 {
-            // Unmounted: the listing is what is measured, and zfs-fuse holds one file
-            // descriptor per mount.
-            run("zfs", &["create", "-o", "mountpoint=none", &parent]).ok();
-        }
-        run("zfs", &["create", &format!("{parent}/d{i}")]).ok();
-    }
-    eprintln!("created {count} datasets in {:?}", started.elapsed());
+    let took = labd_e2e::create_unmounted_tree(&lab, count);
+    eprintln!("created {count} datasets in {took:?}");
 
     let labctl = || {
         let t = Instant::now();

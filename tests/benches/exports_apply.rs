@@ -7,16 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use labd_e2e::{Ganesha, Lab, LabOptions, run};
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
+use labd_e2e::{Ganesha, Lab, LabOptions, median, ms, run};
 
 fn main() {
     let count: usize = std::env::var("EXPORTS")

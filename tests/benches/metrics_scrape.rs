@@ -61,14 +61,7 @@ fn main() {
         ..LabOptions::default()
     });
     let started = Instant::now();
-    for i in 0..count {
-        let parent = lab.ds(&format!("g{}", i / 100));
-        if i % 100 == 0 {
-            // Unmounted: zfs-fuse holds one file descriptor per mount.
-            run("zfs", &["create", "-o", "mountpoint=none", &parent]).ok();
-        }
-        run("zfs", &["create", &format!("{parent}/d{i}")]).ok();
-    }
+    labd_e2e::create_unmounted_tree(&lab, count);
     run("zfs", &["snapshot", "-r", &format!("{}@bench", lab.root)]).ok();
     eprintln!(
         "created {count} datasets and a snapshot of each in {:?}",

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use labd_e2e::{Lab, LabOptions, Out, run};
+use labd_e2e::{Lab, LabOptions, Out, ms, run};
 
 /// The packaged sanoid.
 const SANOID: &str = "/usr/sbin/sanoid";
@@ -107,10 +107,6 @@ fn now_secs() -> i64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970");
     i64::try_from(d.as_secs()).expect("seconds fit")
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 /// Every snapshot under `subtree`, by dataset.

@@ -573,3 +573,29 @@ pub fn test_guest_dir() -> PathBuf {
     );
     dir
 }
+
+/// For benchmarks: `count` datasets below the lab's root, in parents of 100 created with
+/// `mountpoint=none` (a listing is what is measured, and zfs-fuse holds one file descriptor
+/// per mount). Returns how long it took.
+pub fn create_unmounted_tree(lab: &Lab, count: usize) -> Duration {
+    let started = Instant::now();
+    for i in 0..count {
+        let parent = lab.ds(&format!("g{}", i / 100));
+        if i % 100 == 0 {
+            run("zfs", &["create", "-o", "mountpoint=none", &parent]).ok();
+        }
+        run("zfs", &["create", &format!("{parent}/d{i}")]).ok();
+    }
+    started.elapsed()
+}
+
+/// For benchmarks: the median of some timings.
+pub fn median(mut timings: Vec<Duration>) -> Duration {
+    timings.sort();
+    timings.get(timings.len() / 2).copied().unwrap_or_default()
+}
+
+/// For benchmarks: a duration in milliseconds.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
