@@ -28,7 +28,20 @@ fi
 # zfs-fuse needs /dev/fuse.
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
 if ! timeout 10 zpool list >/dev/null 2>&1; then
-    zfs-fuse --pidfile /run/zfs-fuse.pid >&2
+    # A zfs-fuse that runs but does not answer is wedged: stop it. One that was killed
+    # (a machine stopped under it) leaves its pid file behind, and zfs-fuse refuses to
+    # start while that file exists, exiting 1 with its reason only in syslog.
+    if pgrep -x zfs-fuse >/dev/null 2>&1; then
+        echo "zfs-fuse runs but does not answer: restarting it" >&2
+        sh "$(dirname "$0")/stop-zfs-fuse.sh"
+        pkill -9 -x zfs-fuse 2>/dev/null || true
+    fi
+    if [ -e /run/zfs-fuse.pid ]; then
+        echo "removing the stale /run/zfs-fuse.pid" >&2
+        rm -f /run/zfs-fuse.pid
+    fi
+    zfs-fuse --pidfile /run/zfs-fuse.pid >&2 \
+        || { echo "zfs-fuse failed to start (exit $?); see syslog" >&2; exit 1; }
     i=0
     until zpool list >/dev/null 2>&1; do
         i=$((i + 1))
