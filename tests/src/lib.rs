@@ -19,13 +19,34 @@ pub const POOL_PREFIX: &str = "labdt";
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Serializes pool creation and destruction: zfs-fuse has been seen to wedge (every later
-/// request blocks in the kernel) when pools are created or destroyed concurrently.
+/// request blocks in the kernel) when pools are created or destroyed concurrently. The mutex
+/// covers this process's threads, the file lock other test processes (another checkout's
+/// run, a benchmark).
 static POOL_LOCK: Mutex<()> = Mutex::new(());
 
-fn pool_lock() -> MutexGuard<'static, ()> {
-    POOL_LOCK
+/// The file every test process locks around pool creation and destruction.
+const POOL_LOCK_FILE: &str = "/run/lock/labd-e2e-pools.lock";
+
+struct PoolLock {
+    _file: Option<nix::fcntl::Flock<fs::File>>,
+    _thread: MutexGuard<'static, ()>,
+}
+
+fn pool_lock() -> PoolLock {
+    let thread = POOL_LOCK
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(POOL_LOCK_FILE)
+        .ok()
+        .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok());
+    PoolLock {
+        _file: file,
+        _thread: thread,
+    }
 }
 
 /// Longest time a pool-level command may take before the harness gives up on zfs-fuse.
