@@ -619,6 +619,10 @@ pub struct Vm {
     /// The `vm.toml` text; only filled by `GET /v1/vms/{name}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// The guest's SSH host key (one OpenSSH public key line, `ssh-ed25519 AAAA...`), generated
+    /// by labd at create and handed to the guest in its cloud-init seed; clients pin it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host_key: Option<String>,
 }
 
 /// A disk of a [`Vm`].
@@ -645,6 +649,9 @@ pub struct VmNic {
     pub switch: String,
     /// Emulation (`virtio-net`, `e1000`).
     pub model: String,
+    /// Static address with prefix (`192.168.1.20/24`); absent means DHCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// Query of `GET /v1/vms/{name}/command`.

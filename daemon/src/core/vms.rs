@@ -218,6 +218,7 @@ fn vm_info(row: &VmRow, with_text: bool) -> wire::Vm {
                     mac: n.mac.to_string(),
                     switch: n.switch.clone(),
                     model: n.model.as_str().to_owned(),
+                    address: n.address.clone(),
                 })
                 .collect(),
             dataset: row.dataset.clone(),
@@ -226,6 +227,7 @@ fn vm_info(row: &VmRow, with_text: bool) -> wire::Vm {
             last_exit: None,
             error: None,
             text: with_text.then_some(text),
+            ssh_host_key: None,
         },
         Err(error) => wire::Vm {
             name,
@@ -242,6 +244,7 @@ fn vm_info(row: &VmRow, with_text: bool) -> wire::Vm {
             last_exit: None,
             error: Some(error),
             text: None,
+            ssh_host_key: None,
         },
     }
 }
