@@ -53,6 +53,37 @@ pub struct VmsConfig {
     pub accel: crate::host::qemu::Accel,
     /// Where kernel-loader VMs find relative `kernel`/`initrd` names.
     pub kernel_dir: PathBuf,
+    /// The supervisor's restart rules for VMs whose hypervisor ends on its own.
+    pub restart: RestartRules,
+    /// At labd's stop (host shutdown) all VMs must be down within this; it must fit inside
+    /// FreeBSD's `rcshutdown_timeout` (docs/freebsd-host.md).
+    pub shutdown_budget: Duration,
+}
+
+/// When a VM that ended by itself is started again (`[vms] restart_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartRules {
+    /// Consecutive failed runs after which labd gives up (the crash-loop limit).
+    pub limit: u32,
+    /// The wait before the first restart after a failure; it doubles with each further
+    /// failure, up to [`RestartRules::MAX_BACKOFF`].
+    pub backoff: Duration,
+}
+
+impl RestartRules {
+    /// The longest wait between two restarts.
+    pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+    /// A run at least this long resets the failure count.
+    pub const STABLE: Duration = Duration::from_secs(120);
+
+    /// The wait before restart number `failures` (1 for the first).
+    pub fn delay(&self, failures: u32) -> Duration {
+        let factor = 1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.backoff
+            .checked_mul(factor)
+            .unwrap_or(Self::MAX_BACKOFF)
+            .min(Self::MAX_BACKOFF)
+    }
 }
 
 /// `[metrics]`.
@@ -223,6 +254,9 @@ struct RawVms {
     driver: Option<String>,
     accel: Option<String>,
     kernel_dir: Option<PathBuf>,
+    restart_limit: Option<u32>,
+    restart_backoff: Option<String>,
+    shutdown_budget: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -428,6 +462,26 @@ impl Config {
                 "must be an absolute path".into(),
             ));
         }
+        let restart = RestartRules {
+            limit: match raw.vms.restart_limit {
+                Some(0) => {
+                    return Err(value_error(
+                        "vms.restart_limit",
+                        "must be at least 1".into(),
+                    ));
+                }
+                Some(n) => n,
+                None => 5,
+            },
+            backoff: match raw.vms.restart_backoff {
+                Some(s) => parse_duration(&s).map_err(|m| value_error("vms.restart_backoff", m))?,
+                None => Duration::from_secs(2),
+            },
+        };
+        let shutdown_budget = match raw.vms.shutdown_budget {
+            Some(s) => parse_duration(&s).map_err(|m| value_error("vms.shutdown_budget", m))?,
+            None => Duration::from_secs(80),
+        };
         Ok(Self {
             vms: VmsConfig {
                 templates_dir,
@@ -435,6 +489,8 @@ impl Config {
                 driver,
                 accel,
                 kernel_dir,
+                restart,
+                shutdown_budget,
             },
             metrics,
             mqtt,
@@ -701,6 +757,35 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("labd.toml"), text)
+    }
+
+    #[test]
+    fn vm_restart_rules_and_shutdown_budget() {
+        let c = parse("[zfs]\nroot = \"tank\"\n").expect("valid");
+        assert_eq!(c.vms.restart.limit, 5);
+        assert_eq!(c.vms.shutdown_budget, Duration::from_secs(80));
+        let r = RestartRules {
+            limit: 5,
+            backoff: Duration::from_secs(2),
+        };
+        let delays: Vec<u64> = (1..=10).map(|n| r.delay(n).as_secs()).collect();
+        assert_eq!(delays, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(r.delay(200), RestartRules::MAX_BACKOFF);
+        let c = parse(
+            "[zfs]\nroot = \"tank\"\n[vms]\nrestart_limit = 2\nrestart_backoff = \"100ms\"\nshutdown_budget = \"5m\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.vms.restart.limit, 2);
+        assert_eq!(c.vms.restart.backoff, Duration::from_millis(100));
+        assert_eq!(c.vms.shutdown_budget, Duration::from_secs(300));
+        for (text, key) in [
+            ("restart_limit = 0", "vms.restart_limit"),
+            ("restart_backoff = \"soon\"", "vms.restart_backoff"),
+            ("shutdown_budget = \"-1s\"", "vms.shutdown_budget"),
+        ] {
+            let e = parse(&format!("[zfs]\nroot = \"tank\"\n[vms]\n{text}\n")).expect_err(key);
+            assert!(e.to_string().contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! labd's life: start, serve, reload on SIGHUP, stop on SIGTERM.
 //!
 //! Start-up fails with a message naming the key or the missing piece (bad config, missing
-//! root dataset, socket in use). On SIGHUP the configuration is read and its drivers probed
-//! again; a bad one is rejected with the reason and the old one stays in force. On SIGTERM
-//! (or SIGINT) labd stops accepting connections, gives running jobs the configured grace to
-//! finish, fails the rest, and exits 0.
+//! root dataset, socket in use). Once serving, labd re-adopts the VMs that outlived its last
+//! run and starts the `autostart` ones. On SIGHUP the configuration is read and its drivers
+//! probed again; a bad one is rejected with the reason and the old one stays in force. On
+//! SIGTERM (or SIGINT: the host shuts down, or `service labd stop`) labd stops accepting
+//! connections, stops its VMs in reverse boot order within `[vms] shutdown_budget`, gives
+//! running jobs the configured grace to finish, fails the rest, and exits 0. On SIGUSR2
+//! (`service labd respawn`, after an upgrade) it does the same but leaves the VMs running,
+//! for the next labd to re-adopt.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,13 +61,20 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    loop {
+    let mut usr2 = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
+    let boot = tokio::spawn({
+        let core = Arc::clone(&core);
+        async move { core.start_vms_at_boot().await }
+    });
+    let keep_vms = loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break false,
+            _ = int.recv() => break false,
+            _ = usr2.recv() => break true,
             _ = hup.recv() => reload(&core, &config_path).await,
         }
-    }
+    };
+    boot.abort();
 
     let grace = core.host().config.daemon.shutdown_grace;
     tracing::info!(
@@ -71,8 +82,14 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         "stopping: no new connections, finishing jobs"
     );
     stop_tx.send_replace(true);
-    // VMs get their ACPI button and their stop_timeout, then are killed.
-    core.vms.stop_all().await;
+    if keep_vms {
+        tracing::info!("leaving the VMs running for the next labd");
+    } else {
+        // VMs get their ACPI button and their stop_timeout, within the budget, then are killed.
+        core.vms
+            .stop_all(core.host().config.vms.shutdown_budget)
+            .await;
+    }
     let _ = scheduler.await;
     let _ = metrics.await;
     core.jobs.shutdown(grace).await;

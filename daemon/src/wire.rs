@@ -603,7 +603,8 @@ pub struct Vm {
     pub nics: Vec<VmNic>,
     /// The VM's dataset.
     pub dataset: String,
-    /// `running`, `stopped`, `crashed` (its last run ended in a fault), or `broken` when its
+    /// `running`, `stopping`, `restarting` (waiting out the backoff), `stopped`, `crashed`
+    /// (given up: a fault under `restart = "never"`, the crash-loop limit), or `broken` when its
     /// `vm.toml` cannot be read.
     pub state: String,
     /// QEMU's pid while `running`.
@@ -613,6 +614,13 @@ pub struct Vm {
     /// seen one end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<String>,
+    /// Restarts by labd's supervisor since the VM was started (reboots and restarts after a
+    /// failure).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+    /// Why it is `crashed` (the crash-loop limit, a failed restart), or when it restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// Why the VM is `broken`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -669,4 +677,8 @@ pub struct StopVmQuery {
     /// Skip the ACPI power button and kill QEMU at once.
     #[serde(default)]
     pub force: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

@@ -413,6 +413,7 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
+        kill_processes_using(&self.dir);
         // zfs-fuse sometimes reports busy right after activity: retry.
         let _guard = pool_lock();
         for _ in 0..10 {
@@ -619,4 +620,27 @@ pub fn median(mut timings: Vec<Duration>) -> Duration {
 /// For benchmarks: a duration in milliseconds.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// SIGKILL every process whose command line names a path under `dir` (hypervisors a failed
+/// test left running: they outlive labd by design and would keep the pool busy).
+pub fn kill_processes_using(dir: &Path) {
+    let needle = dir.display().to_string();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }

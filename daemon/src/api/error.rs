@@ -59,6 +59,7 @@ pub fn status_of(e: &Error) -> StatusCode {
             | Refusal::Running => StatusCode::CONFLICT,
         },
         Error::ShuttingDown | Error::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
         Error::Zfs(ZfsError::Command { kind, .. }) => match kind {
             ZfsErrorKind::NotFound => StatusCode::NOT_FOUND,
             ZfsErrorKind::Exists

@@ -79,6 +79,9 @@ pub enum Error {
     /// The ZFS driver failed.
     #[error(transparent)]
     Zfs(#[from] ZfsError),
+    /// This host or driver cannot do it (yet); nothing was done.
+    #[error("{0}")]
+    Unsupported(String),
     /// A bug: something that should not happen.
     #[error("internal error: {0}")]
     Internal(String),
@@ -119,6 +122,7 @@ impl Error {
             Self::Refused { reason, .. } => reason.code(),
             Self::ShuttingDown => "shutting_down",
             Self::Interrupted => "interrupted",
+            Self::Unsupported(_) => "unsupported",
             Self::Zfs(ZfsError::Command { kind, .. }) => match kind {
                 ZfsErrorKind::NotFound => "not_found",
                 ZfsErrorKind::Exists => "exists",

@@ -2,6 +2,7 @@
 //! (ownership, destroy protections, one lock per resource) described in
 //! docs/architecture.md. Nothing here knows about HTTP.
 
+pub mod console;
 mod datasets;
 pub mod error;
 pub mod exports;

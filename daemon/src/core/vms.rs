@@ -20,6 +20,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 use uuid::Uuid;
@@ -162,6 +163,18 @@ async fn vm_spec(host: &Host, name: &str) -> Result<(VmRow, VmSpec), Error> {
     Ok((row, spec))
 }
 
+/// What the supervisor needs to run a VM.
+fn start_plan(host: &Host, row: &VmRow, spec: VmSpec) -> super::supervise::StartPlan {
+    let vms = &host.config.vms;
+    super::supervise::StartPlan {
+        spec,
+        dir: PathBuf::from(&row.mountpoint),
+        accel: vms.accel,
+        kernel_dir: vms.kernel_dir.clone(),
+        rules: vms.restart,
+    }
+}
+
 /// Read and check a VM's `vm.toml`: the text and the spec, or why it cannot be used.
 fn read_spec(name: &str, row: &VmRow) -> Result<(String, VmSpec), String> {
     if !row.mountpoint.starts_with('/') {
@@ -225,6 +238,8 @@ fn vm_info(row: &VmRow, with_text: bool) -> wire::Vm {
             state: "stopped".to_owned(),
             pid: None,
             last_exit: None,
+            restarts: 0,
+            message: None,
             error: None,
             text: with_text.then_some(text),
             ssh_host_key: None,
@@ -242,6 +257,8 @@ fn vm_info(row: &VmRow, with_text: bool) -> wire::Vm {
             state: "broken".to_owned(),
             pid: None,
             last_exit: None,
+            restarts: 0,
+            message: None,
             error: Some(error),
             text: None,
             ssh_host_key: None,
@@ -565,26 +582,22 @@ impl Core {
         if vm.state != "broken"
             && let Some(st) = self.vms.status(&vm.name)
         {
-            vm.state = st.state;
+            vm.state = st.phase.as_str().to_owned();
             vm.pid = st.pid;
-            vm.last_exit = st.last_exit;
+            vm.last_exit = st.last_exit.map(|e| e.meaning.to_string());
+            vm.restarts = st.restarts;
+            vm.message = st.message;
         }
         vm
     }
 
-    /// Start VM `name` under the configured driver: a `vm.start` job (QEMU only so far).
+    /// Start VM `name` under the configured driver: a `vm.start` job that starts the
+    /// hypervisor and leaves the VM under the supervisor's watch (QEMU only so far).
     pub async fn start_vm(&self, name: &str, actor: Option<Actor>) -> Result<Job, Error> {
         let host = self.host();
+        super::supervise::check_driver(&host.config.vms.driver)?;
         let (row, spec) = vm_spec(&host, name).await?;
-        let vms = &host.config.vms;
-        let plan = super::supervise::StartPlan {
-            name: name.to_owned(),
-            spec,
-            dir: PathBuf::from(&row.mountpoint),
-            driver: vms.driver.clone(),
-            accel: vms.accel,
-            kernel_dir: vms.kernel_dir.clone(),
-        };
+        let plan = start_plan(&host, &row, spec);
         let sup = Arc::clone(&self.vms);
         let events = self.events.clone();
         self.jobs.spawn(
@@ -594,6 +607,62 @@ impl Core {
             vec![row.dataset.clone()],
             move || super::supervise::start(sup, events, plan, actor),
         )
+    }
+
+    /// At labd's start: re-adopt the VMs whose hypervisor outlived the last labd (cleaning
+    /// stale run records), then start the `autostart` VMs in `boot_order`, pausing each one's
+    /// `boot_delay` before the next. Returns when all were started.
+    pub async fn start_vms_at_boot(&self) {
+        let host = self.host();
+        let Ok(root) = vm_root(&host) else { return };
+        let rows = match host.zfs.get_props(&root, VM_PROPERTIES, true).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                if !is_not_found(&e) {
+                    tracing::warn!(error = %e, "cannot list VMs at start");
+                }
+                return;
+            }
+        };
+        let prefix = format!("{root}/");
+        let mut boot = Vec::new();
+        for row in vm_rows(&rows).into_iter().filter(|v| {
+            v.managed
+                && v.dataset
+                    .strip_prefix(&prefix)
+                    .is_some_and(|rest| !rest.contains('/'))
+        }) {
+            let name = row.dataset.rsplit('/').next().unwrap_or_default().to_owned();
+            let Ok((_, spec)) = read_spec(&name, &row) else {
+                continue;
+            };
+            let plan = start_plan(&host, &row, spec);
+            if super::supervise::adopt(&self.vms, &self.events, plan.clone()).await {
+                continue;
+            }
+            if plan.spec.autostart {
+                boot.push(plan);
+            }
+        }
+        if boot.is_empty() || super::supervise::check_driver(&host.config.vms.driver).is_err() {
+            return;
+        }
+        boot.sort_by_key(|p| (p.spec.boot_order, p.spec.name.clone()));
+        for plan in boot {
+            let name = plan.spec.name.clone();
+            let delay = plan.spec.boot_delay.get();
+            match self.start_vm(&name, None).await {
+                Ok(job) => {
+                    tracing::info!(vm = %name, job = %job.id, "autostart");
+                    let _ = self
+                        .jobs
+                        .wait(job.id, Duration::from_secs(60))
+                        .await;
+                }
+                Err(e) => tracing::warn!(vm = %name, error = %e, "autostart failed"),
+            }
+            tokio::time::sleep(delay).await;
+        }
     }
 
     /// Stop VM `name`: a `vm.stop` job (the ACPI power button, then SIGKILL after the spec's
@@ -614,7 +683,7 @@ impl Core {
     pub fn destroy_vm(&self, name: &str, actor: Option<Actor>) -> Result<Job, Error> {
         let host = self.host();
         let ds = vm_dataset(&host, name)?;
-        if self.vms.is_running(name) {
+        if self.vms.is_active(name) {
             return Err(Error::refused(
                 super::Refusal::Running,
                 format!("VM '{name}' is running; stop it first (labctl vm stop {name})"),

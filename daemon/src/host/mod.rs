@@ -8,5 +8,6 @@ pub mod nfs;
 // Only template previews use it so far; the VM feature (issue 3) wires the rest.
 #[allow(dead_code)]
 pub mod qemu;
+pub mod qmp;
 pub mod runner;
 pub mod zfs;

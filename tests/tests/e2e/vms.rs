@@ -333,3 +333,129 @@ fn the_test_guest_starts_and_stops_under_qemu() {
     lab.spawn_labd();
     lab.labctl(&["vm", "destroy", "t1"]).ok();
 }
+
+/// Wait (at most 60 s) until `f` holds for VM `name`'s info; returns that info.
+fn wait_info(
+    lab: &Lab,
+    name: &str,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        let info = vm_json(lab, name);
+        if f(&info) {
+            return info;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "VM {name}: not {what} within 60s: {info}\nlabd:\n{}",
+            lab.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn alive(pid: u64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn kill9(pid: u64) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
+    nix::sys::signal::kill(pid, Signal::SIGKILL).expect("kill");
+}
+
+#[test]
+fn the_supervisor_restarts_readopts_autostarts_and_gives_up() {
+    let guest = labd_e2e::test_guest_dir();
+    let mut lab = Lab::start_with(LabOptions {
+        tables: format!(
+            "[vms]\ndriver = \"qemu\"\naccel = \"tcg\"\nkernel_dir = \"{}\"\n\
+             restart_limit = 2\nrestart_backoff = \"200ms\"\n",
+            guest.display()
+        ),
+        ..LabOptions::default()
+    });
+    lab.labctl(&["vm", "create", "t2", "--template", "tiny"])
+        .ok();
+    let dir = std::path::PathBuf::from(lab.prop(&lab.ds("vms/t2"), "mountpoint"));
+    let console = dir.join("console.log");
+    lab.labctl(&["vm", "start", "t2"]).ok();
+    wait_banners(&lab, &console, 1);
+    let pid1 = vm_json(&lab, "t2")["pid"].as_u64().expect("pid");
+
+    // A crash (QEMU killed behind labd's back): the on-failure policy starts it again.
+    kill9(pid1);
+    let info = wait_info(&lab, "t2", "restarted", |i| {
+        i["state"] == "running" && i["pid"].as_u64().is_some_and(|p| p != pid1)
+    });
+    assert_eq!(info["restarts"], 1, "{info}");
+    assert_eq!(info["last_exit"], "fault", "{info}");
+    wait_banners(&lab, &console, 2);
+    let pid2 = info["pid"].as_u64().expect("pid");
+
+    // labd restarts (SIGUSR2: leave the VMs running): the VM keeps running and the next labd
+    // re-adopts it, QMP included (the ACPI stop works).
+    lab.signal(Signal::SIGUSR2);
+    assert_eq!(lab.wait_labd(Duration::from_secs(20)), Some(0));
+    assert!(alive(pid2), "QEMU died with labd");
+    lab.spawn_labd();
+    let info = wait_info(&lab, "t2", "re-adopted", |i| i["state"] == "running");
+    assert_eq!(info["pid"].as_u64(), Some(pid2), "{info}");
+    let job = lab
+        .labctl(&["--output", "json", "vm", "stop", "t2"])
+        .ok()
+        .json();
+    assert_eq!(job["result"]["meaning"], "poweroff", "{job}");
+    assert_eq!(job["result"]["killed"], false, "{job}");
+    assert!(!alive(pid2));
+    assert!(!dir.join("run.json").exists());
+
+    // A labd that dies hard leaves a stale record when its VM dies too: cleaned at start.
+    lab.labctl(&["vm", "start", "t2"]).ok();
+    let pid3 = wait_info(&lab, "t2", "running", |i| i["state"] == "running")["pid"]
+        .as_u64()
+        .expect("pid");
+    lab.signal(Signal::SIGKILL);
+    lab.wait_labd(Duration::from_secs(10));
+    kill9(pid3);
+    while alive(pid3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(dir.join("run.json").exists());
+    lab.spawn_labd();
+    let info = vm_json(&lab, "t2");
+    assert_eq!(info["state"], "stopped", "{info}");
+    assert!(!dir.join("run.json").exists());
+
+    // Autostart: labd starts the VM by itself.
+    let spec = dir.join("vm.toml");
+    let text = std::fs::read_to_string(&spec).expect("vm.toml");
+    assert!(text.contains("autostart = false"), "{text}");
+    std::fs::write(&spec, text.replace("autostart = false", "autostart = true")).expect("write");
+    lab.signal(Signal::SIGTERM);
+    assert_eq!(lab.wait_labd(Duration::from_secs(20)), Some(0));
+    lab.spawn_labd();
+    let before = banners(&console);
+    wait_info(&lab, "t2", "autostarted", |i| i["state"] == "running");
+    wait_banners(&lab, &console, before + 1);
+
+    // The crash-loop limit (2): the third failure in a row is not restarted.
+    for attempt in 1..=3 {
+        let info = wait_info(&lab, "t2", "running", |i| i["state"] == "running");
+        kill9(info["pid"].as_u64().expect("pid"));
+        if attempt < 3 {
+            wait_info(&lab, "t2", "restarted", |i| {
+                i["restarts"].as_u64() == Some(attempt) && i["state"] == "running"
+            });
+        }
+    }
+    let info = wait_info(&lab, "t2", "crashed", |i| i["state"] == "crashed");
+    assert!(
+        info["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("crash loop")),
+        "{info}"
+    );
+    lab.labctl(&["vm", "destroy", "t2"]).ok();
+}
