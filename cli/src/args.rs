@@ -254,6 +254,20 @@ pub enum VmCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Stop a VM (as `stop`), then start it again.
+    Restart {
+        /// VM name.
+        name: String,
+        /// Kill it at once instead of pressing the power button.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Attach to a running VM's serial console (several clients may attach at once); detach
+    /// with Ctrl-].
+    Console {
+        /// VM name.
+        name: String,
+    },
     /// Print the exact commands a driver would run to start this VM.
     Command {
         /// VM name.

@@ -249,6 +249,30 @@ impl Client {
         self.send(req, Method::GET, path).await
     }
 
+    /// `GET path` asking to switch the connection to `protocol` (HTTP/1.1 upgrade); the
+    /// switched connection, or labd's error.
+    pub async fn upgrade(
+        &self,
+        path: &str,
+        protocol: &'static str,
+    ) -> Result<reqwest::Upgraded, ClientError> {
+        let req = self
+            .http
+            .get(format!("{BASE_URL}{path}"))
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, protocol);
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.transport_error(Method::GET, path, &e))?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(self.status_error(resp, Method::GET, path).await);
+        }
+        resp.upgrade()
+            .await
+            .map_err(|e| self.transport_error(Method::GET, path, &e))
+    }
+
     /// The error of a failed read from a streaming answer.
     pub fn stream_error(&self, path: &str, e: &reqwest::Error) -> ClientError {
         self.transport_error(Method::GET, path, e)
@@ -271,21 +295,26 @@ impl Client {
             .send()
             .await
             .map_err(|e| self.transport_error(method.clone(), path, &e))?;
-        let status = resp.status();
-        if status.is_success() {
+        if resp.status().is_success() {
             return Ok(resp);
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(method, path, &e))?;
-        Err(match serde_json::from_slice::<ErrorBody>(&body) {
+        Err(self.status_error(resp, method, path).await)
+    }
+
+    /// The error an unsuccessful answer stands for: labd's error body, or the status.
+    async fn status_error(&self, resp: Response, method: Method, path: &str) -> ClientError {
+        let status = resp.status();
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => return self.transport_error(method, path, &e),
+        };
+        match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(b) => ClientError::Api(b.error),
             Err(_) => ClientError::Status {
                 status,
                 body: String::from_utf8_lossy(&body).into_owned(),
             },
-        })
+        }
     }
 
     fn transport_error(&self, method: Method, path: &str, e: &reqwest::Error) -> ClientError {

@@ -21,6 +21,7 @@
 mod args;
 mod client;
 mod commands;
+mod console;
 mod jobs;
 mod output;
 mod sse;

@@ -176,6 +176,15 @@ while [ "\$k" -le "\$n" ]; do
     k=\$((k + 1))
 done
 echo "$BANNER"
+# Console input (labctl vm console): echo lines back; "reboot" and "poweroff" act from inside
+# the guest, so tests can tell a guest's own reboot from its poweroff.
+while read -r line; do
+    case "\$line" in
+        reboot) echo "guest: rebooting"; reboot -f ;;
+        poweroff) echo "guest: powering off"; poweroff -f ;;
+        *) echo "guest got: \$line" ;;
+    esac
+done
 while :; do sleep 3600; done
 EOF
 chmod 755 "$ird/init"

@@ -1,4 +1,4 @@
-//! `labctl vm create|list|info|start|stop|destroy|command`: VMs as labd keeps them, one dataset
+//! `labctl vm create|list|info|start|stop|restart|console|destroy|command`: VMs as labd keeps them, one dataset
 //! each with its `vm.toml`. Creating, starting, stopping and destroying are jobs.
 
 use labd::wire::{self, CommandPreview, Job, Vm};
@@ -52,6 +52,13 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> anyhow::Result<()> {
         VmCommand::Start { name } => {
             client
                 .post_empty(&format!("{}/start", vm_path(&name)))
+                .await?
+        }
+        VmCommand::Console { name } => return crate::console::attach(client, &name).await,
+        VmCommand::Restart { name, force } => {
+            let q = if force { "?force=true" } else { "" };
+            client
+                .post_empty(&format!("{}/restart{q}", vm_path(&name)))
                 .await?
         }
         VmCommand::Stop { name, force } => {

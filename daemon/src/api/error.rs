@@ -56,7 +56,8 @@ pub fn status_of(e: &Error) -> StatusCode {
             | Refusal::NotManaged
             | Refusal::RootDataset
             | Refusal::Exported
-            | Refusal::Running => StatusCode::CONFLICT,
+            | Refusal::Running
+            | Refusal::NotRunning => StatusCode::CONFLICT,
         },
         Error::ShuttingDown | Error::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
         Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,

@@ -258,6 +258,15 @@ pub(super) async fn stop_vm(
     accepted(s.core.stop_vm(&name, q.force, peer.0))
 }
 
+pub(super) async fn restart_vm(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+    Query(q): Query<wire::StopVmQuery>,
+) -> ApiResult<Response> {
+    accepted(s.core.restart_vm(&name, q.force, peer.0).await)
+}
+
 pub(super) async fn vm_command(
     State(s): State<AppState>,
     Path(name): Path<String>,

@@ -5,6 +5,7 @@
 //! one JSON error body. The caller's uid/gid (peer credentials) go with every mutation into
 //! its job and events.
 
+mod console;
 mod error;
 mod handlers;
 
@@ -171,6 +172,8 @@ fn router(state: AppState) -> Router {
         .route("/v1/vms/{name}/command", get(h::vm_command))
         .route("/v1/vms/{name}/start", post(h::start_vm))
         .route("/v1/vms/{name}/stop", post(h::stop_vm))
+        .route("/v1/vms/{name}/restart", post(h::restart_vm))
+        .route("/v1/vms/{name}/console", get(console::vm_console))
         .route("/v1/policies", get(h::list_policies))
         .route("/v1/policies/run", post(h::run_policies))
         .route("/v1/policies/{name}", get(h::get_policy))

@@ -124,6 +124,58 @@ impl Console {
         }
     }
 
+    /// Serve one attached client over `stream` (an upgraded API connection): the backlog,
+    /// then output as it comes, and the client's bytes to the guest, until the client goes
+    /// or `ended` completes (the VM stopped for good). Notes from labd itself are written
+    /// between `[labd: ` and `]` on a line of their own.
+    pub async fn serve_client<S>(&self, stream: S, ended: impl std::future::Future<Output = ()>)
+    where
+        S: AsyncRead + AsyncWrite,
+    {
+        let Attachment {
+            backlog,
+            mut output,
+        } = self.attach();
+        let (mut from_client, mut to_client) = tokio::io::split(stream);
+        if to_client.write_all(&backlog).await.is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; 1024];
+        tokio::pin!(ended);
+        loop {
+            tokio::select! {
+                chunk = output.recv() => {
+                    let bytes = match chunk {
+                        Ok(b) => b,
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            format!("\r\n[labd: this client fell behind; {n} chunks of output skipped]\r\n").into_bytes()
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    };
+                    if to_client.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                n = from_client.read(&mut buf) => match n {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if !self.input(buf[..n].to_vec()).await {
+                            let note = b"\r\n[labd: the VM is restarting; input dropped]\r\n";
+                            if to_client.write_all(note).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                },
+                () = &mut ended => {
+                    let _ = to_client.write_all(b"\r\n[labd: the VM stopped]\r\n").await;
+                    break;
+                }
+            }
+        }
+        let _ = to_client.shutdown().await;
+    }
+
     fn lock_input(&self) -> std::sync::MutexGuard<'_, Option<mpsc::Sender<Vec<u8>>>> {
         self.input
             .lock()
@@ -269,7 +321,12 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["console.log", "console.log.1", "console.log.2", "console.log.3"]
+            [
+                "console.log",
+                "console.log.1",
+                "console.log.2",
+                "console.log.3"
+            ]
         );
         assert_eq!(std::fs::read(&path).expect("current"), b"tail");
         std::fs::remove_dir_all(&dir).expect("clean");

@@ -25,6 +25,8 @@ pub enum Refusal {
     Exported,
     /// The VM is running.
     Running,
+    /// The VM is not running.
+    NotRunning,
 }
 
 impl Refusal {
@@ -39,6 +41,7 @@ impl Refusal {
             Self::RootDataset => "root_dataset",
             Self::Exported => "exported",
             Self::Running => "running",
+            Self::NotRunning => "not_running",
         }
     }
 }

@@ -184,9 +184,21 @@ impl Supervisor {
         self.status(name).is_some_and(|s| !s.phase.is_final())
     }
 
-    /// The console of VM `name`, while labd has one.
-    pub fn console(&self, name: &str) -> Option<Arc<Console>> {
-        self.get(name).map(|s| Arc::clone(&s.console))
+    /// The console of VM `name` while it is active, with a future that completes when the VM
+    /// has stopped for good.
+    pub fn console(
+        &self,
+        name: &str,
+    ) -> Option<(Arc<Console>, impl std::future::Future<Output = ()> + use<>)> {
+        let sv = self.get(name)?;
+        let mut status = sv.status.subscribe();
+        if status.borrow().phase.is_final() {
+            return None;
+        }
+        let ended = async move {
+            let _ = status.wait_for(|s| s.phase.is_final()).await;
+        };
+        Some((Arc::clone(&sv.console), ended))
     }
 
     /// Stop every active VM (labd's stop, i.e. host shutdown): in reverse boot order, one
@@ -279,7 +291,10 @@ pub(super) async fn stop(
     name: String,
     force: bool,
 ) -> Result<serde_json::Value, Error> {
-    let Some(sv) = sup.get(&name).filter(|s| !s.status.borrow().phase.is_final()) else {
+    let Some(sv) = sup
+        .get(&name)
+        .filter(|s| !s.status.borrow().phase.is_final())
+    else {
         log_line(format!("VM '{name}' is not running"));
         return Ok(json!({"name": name, "state": "stopped", "was_running": false}));
     };
@@ -838,7 +853,13 @@ mod tests {
     #[test]
     fn poweroff_stops_unless_always() {
         assert_eq!(
-            decide(ExitMeaning::Poweroff, RestartPolicy::OnFailure, RULES, 0, SHORT),
+            decide(
+                ExitMeaning::Poweroff,
+                RestartPolicy::OnFailure,
+                RULES,
+                0,
+                SHORT
+            ),
             Next::Stop
         );
         assert_eq!(
@@ -846,7 +867,13 @@ mod tests {
             Next::Stop
         );
         assert_eq!(
-            decide(ExitMeaning::Poweroff, RestartPolicy::Always, RULES, 0, SHORT),
+            decide(
+                ExitMeaning::Poweroff,
+                RestartPolicy::Always,
+                RULES,
+                0,
+                SHORT
+            ),
             Next::After(Duration::from_secs(1), 1)
         );
     }

@@ -632,7 +632,12 @@ impl Core {
                     .strip_prefix(&prefix)
                     .is_some_and(|rest| !rest.contains('/'))
         }) {
-            let name = row.dataset.rsplit('/').next().unwrap_or_default().to_owned();
+            let name = row
+                .dataset
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
             let Ok((_, spec)) = read_spec(&name, &row) else {
                 continue;
             };
@@ -654,10 +659,7 @@ impl Core {
             match self.start_vm(&name, None).await {
                 Ok(job) => {
                     tracing::info!(vm = %name, job = %job.id, "autostart");
-                    let _ = self
-                        .jobs
-                        .wait(job.id, Duration::from_secs(60))
-                        .await;
+                    let _ = self.jobs.wait(job.id, Duration::from_secs(60)).await;
                 }
                 Err(e) => tracing::warn!(vm = %name, error = %e, "autostart failed"),
             }
@@ -676,6 +678,34 @@ impl Core {
             .spawn("vm.stop", name, actor, vec![ds.to_string()], move || {
                 super::supervise::stop(sup, owned, force)
             })
+    }
+
+    /// Restart VM `name`: a `vm.restart` job that stops it (as `stop_vm`; a VM that is not
+    /// running is simply started) and starts it again with its current `vm.toml`.
+    pub async fn restart_vm(
+        &self,
+        name: &str,
+        force: bool,
+        actor: Option<Actor>,
+    ) -> Result<Job, Error> {
+        let host = self.host();
+        super::supervise::check_driver(&host.config.vms.driver)?;
+        let (row, spec) = vm_spec(&host, name).await?;
+        let plan = start_plan(&host, &row, spec);
+        let sup = Arc::clone(&self.vms);
+        let events = self.events.clone();
+        let owned = name.to_owned();
+        self.jobs.spawn(
+            "vm.restart",
+            name,
+            actor,
+            vec![row.dataset.clone()],
+            move || async move {
+                let stopped = super::supervise::stop(Arc::clone(&sup), owned, force).await?;
+                let started = super::supervise::start(sup, events, plan, actor).await?;
+                Ok(json!({"stop": stopped, "start": started}))
+            },
+        )
     }
 
     /// Destroy a VM's dataset, its disks and snapshots: a `vm.destroy` job. Refuses a dataset
@@ -698,6 +728,29 @@ impl Core {
             vec![ds.to_string()],
             move || destroy_vm_job(host, events, ds, name, actor),
         )
+    }
+
+    /// The console of running VM `name` (`labctl vm console`), and a future that completes
+    /// when the VM has stopped for good.
+    pub async fn vm_console(
+        &self,
+        name: &str,
+    ) -> Result<
+        (
+            Arc<super::console::Console>,
+            impl std::future::Future<Output = ()> + use<>,
+        ),
+        Error,
+    > {
+        if let Some(attached) = self.vms.console(name) {
+            return Ok(attached);
+        }
+        let host = self.host();
+        vm_row(&host, name).await?;
+        Err(Error::refused(
+            Refusal::NotRunning,
+            format!("VM '{name}' is not running (labctl vm start {name})"),
+        ))
     }
 
     /// The commands `driver` would run to start this VM, with its own directory, UUID and

@@ -233,7 +233,9 @@ mod tests {
             let (s, _) = listener.accept().await.expect("accept");
             let (r, mut w) = s.into_split();
             let mut lines = BufReader::new(r).lines();
-            w.write_all(b"{\"QMP\":{\"version\":{}}}\n").await.expect("w");
+            w.write_all(b"{\"QMP\":{\"version\":{}}}\n")
+                .await
+                .expect("w");
             for answer in [
                 "{\"return\":{}}\n",
                 "{\"return\":{}}\n{\"event\":\"SHUTDOWN\",\"data\":{\"guest\":true,\"reason\":\"guest-shutdown\"}}\n",

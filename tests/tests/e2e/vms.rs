@@ -459,3 +459,152 @@ fn the_supervisor_restarts_readopts_autostarts_and_gives_up() {
     );
     lab.labctl(&["vm", "destroy", "t2"]).ok();
 }
+
+/// A `labctl vm console` running in the background, its output collected.
+struct ConsoleClient {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl ConsoleClient {
+    fn attach(lab: &Lab, name: &str) -> Self {
+        use std::process::Stdio;
+        let mut child = lab
+            .labctl_cmd(&["vm", "console", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("labctl vm console");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&output);
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        });
+        Self {
+            child,
+            stdin,
+            output,
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        use std::io::Write;
+        self.stdin.write_all(line.as_bytes()).expect("write");
+        self.stdin.flush().expect("flush");
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().expect("lock")).into_owned()
+    }
+
+    /// Wait (at most 60 s) until the output holds `n` times `what`.
+    fn wait_for(&self, what: &str, n: usize) {
+        let start = std::time::Instant::now();
+        while self.text().matches(what).count() < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "console: no {n}x {what:?} within 60s:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_exit(&mut self) -> i32 {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "labctl vm console did not end:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn consoles_are_shared_and_the_guest_reboots_and_powers_off_by_itself() {
+    let guest = labd_e2e::test_guest_dir();
+    let lab = Lab::start_with(LabOptions {
+        tables: format!(
+            "[vms]\ndriver = \"qemu\"\naccel = \"tcg\"\nkernel_dir = \"{}\"\n",
+            guest.display()
+        ),
+        ..LabOptions::default()
+    });
+    lab.labctl(&["vm", "create", "t3", "--template", "tiny"])
+        .ok();
+    let out = lab.labctl(&["vm", "console", "t3"]).code(1);
+    assert!(out.stderr.contains("not running"), "{}", out.stderr);
+    let out = lab.labctl(&["vm", "console", "nope"]).code(1);
+    assert!(out.stderr.contains("not_found"), "{}", out.stderr);
+    let dir = std::path::PathBuf::from(lab.prop(&lab.ds("vms/t3"), "mountpoint"));
+    let console = dir.join("console.log");
+    lab.labctl(&["vm", "start", "t3"]).ok();
+    wait_banners(&lab, &console, 1);
+    let pid1 = vm_json(&lab, "t3")["pid"].as_u64().expect("pid");
+
+    // Two clients at once: both get the backlog (the banner) and what either types.
+    let mut a = ConsoleClient::attach(&lab, "t3");
+    let mut b = ConsoleClient::attach(&lab, "t3");
+    a.wait_for("LABD-TEST-GUEST up", 1);
+    b.wait_for("LABD-TEST-GUEST up", 1);
+    a.send("hello from a\n");
+    b.wait_for("guest got: hello from a", 1);
+    a.wait_for("guest got: hello from a", 1);
+
+    // The guest reboots itself: QEMU ends (-no-reboot), QMP says guest-reset, labd starts it
+    // again at once; the clients stay attached and see the second boot.
+    a.send("reboot\n");
+    let info = wait_info(&lab, "t3", "rebooted", |i| {
+        i["state"] == "running" && i["pid"].as_u64().is_some_and(|p| p != pid1)
+    });
+    assert_eq!(info["last_exit"], "reboot", "{info}");
+    assert_eq!(info["restarts"], 1, "{info}");
+    b.wait_for("LABD-TEST-GUEST up", 2);
+
+    // Ctrl-] detaches one client; the VM keeps running.
+    b.send("\u{1d}");
+    assert_eq!(b.wait_exit(), 0);
+    assert_eq!(vm_json(&lab, "t3")["state"], "running");
+
+    // The guest powers itself off: on-failure leaves it off; the attached client is told.
+    a.wait_for("LABD-TEST-GUEST up", 2);
+    a.send("poweroff\n");
+    let info = wait_info(&lab, "t3", "powered off", |i| i["state"] == "stopped");
+    assert_eq!(info["last_exit"], "poweroff", "{info}");
+    a.wait_for("[labd: the VM stopped]", 1);
+    assert_eq!(a.wait_exit(), 0);
+
+    // restart starts a stopped VM, and restarts a running one.
+    lab.labctl(&["vm", "restart", "t3"]).ok();
+    let pid2 = wait_info(&lab, "t3", "running", |i| i["state"] == "running")["pid"]
+        .as_u64()
+        .expect("pid");
+    wait_banners(&lab, &console, 3);
+    let job = lab
+        .labctl(&["--output", "json", "vm", "restart", "t3"])
+        .ok()
+        .json();
+    assert_eq!(job["result"]["stop"]["meaning"], "poweroff", "{job}");
+    let pid3 = job["result"]["start"]["pid"].as_u64().expect("pid");
+    assert_ne!(pid2, pid3);
+    assert!(alive(pid3) && !alive(pid2));
+    lab.labctl(&["vm", "stop", "t3", "--force"]).ok();
+    lab.labctl(&["vm", "destroy", "t3"]).ok();
+}
