@@ -215,7 +215,8 @@ pub enum TemplateCommand {
 /// `labctl vm …`.
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
-    /// Create a VM (its dataset, vm.toml and sparse disks) from a template; it is not started.
+    /// Create a VM (its dataset, vm.toml and disks, the boot disk from an image) from a
+    /// template; it is not started.
     Create {
         /// VM name: lower-case letters, digits and '-', starting with a letter (at most 31).
         name: String,
@@ -228,6 +229,21 @@ pub enum VmCommand {
         /// Memory instead of the template's (4G, 512M).
         #[arg(long)]
         memory: Option<String>,
+        /// The boot disk's image (raw or qcow2), by file name in labd's images_dir.
+        #[arg(long)]
+        image: Option<String>,
+        /// A file of SSH public keys for the guest's user (repeatable).
+        #[arg(long = "ssh-key", value_name = "FILE")]
+        ssh_keys: Vec<std::path::PathBuf>,
+        /// Static address with prefix of the first NIC (192.168.1.20/24); default DHCP.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Default gateway (with --ip).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// DNS server (repeatable).
+        #[arg(long = "nameserver")]
+        nameservers: Vec<String>,
     },
     /// List the VMs.
     List,

@@ -53,6 +53,8 @@ pub struct VmsConfig {
     pub accel: crate::host::qemu::Accel,
     /// Where kernel-loader VMs find relative `kernel`/`initrd` names.
     pub kernel_dir: PathBuf,
+    /// Disk images `vm create --image NAME` imports (raw or qcow2), by file name.
+    pub images_dir: PathBuf,
     /// The supervisor's restart rules for VMs whose hypervisor ends on its own.
     pub restart: RestartRules,
     /// At labd's stop (host shutdown) all VMs must be down within this; it must fit inside
@@ -256,6 +258,7 @@ struct RawVms {
     driver: Option<String>,
     accel: Option<String>,
     kernel_dir: Option<PathBuf>,
+    images_dir: Option<PathBuf>,
     restart_limit: Option<u32>,
     restart_backoff: Option<String>,
     shutdown_budget: Option<String>,
@@ -464,6 +467,16 @@ impl Config {
                 "must be an absolute path".into(),
             ));
         }
+        let images_dir = raw
+            .vms
+            .images_dir
+            .unwrap_or_else(|| PathBuf::from("/var/db/labd/images"));
+        if !images_dir.is_absolute() {
+            return Err(value_error(
+                "vms.images_dir",
+                "must be an absolute path".into(),
+            ));
+        }
         let restart = RestartRules {
             limit: match raw.vms.restart_limit {
                 Some(0) => {
@@ -491,6 +504,7 @@ impl Config {
                 driver,
                 accel,
                 kernel_dir,
+                images_dir,
                 restart,
                 shutdown_budget,
             },

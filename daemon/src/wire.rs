@@ -579,6 +579,21 @@ pub struct CreateVm {
     /// Memory instead of the template's, as a size (`4G`, `512M`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
+    /// The boot disk's image instead of the template's: a file name in `[vms] images_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// SSH public keys (OpenSSH lines) for the cloud-init user, added to the template's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<String>,
+    /// Static address with prefix of the first NIC (`192.168.1.20/24`); without it, DHCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Default gateway of the first NIC (needs `ip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// DNS servers of the first NIC.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
 }
 
 /// `GET /v1/vms`: one VM, rebuilt from its dataset and `vm.toml`.

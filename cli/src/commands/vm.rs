@@ -13,6 +13,26 @@ fn vm_path(name: &str) -> String {
     format!("/v1/vms/{}", encode_segment(name))
 }
 
+/// The public keys in `files`: every line that is not empty or a comment.
+fn read_keys(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<String>> {
+    let mut keys = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("--ssh-key {}: {e}", f.display()))?;
+        let before = keys.len();
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+        if keys.len() == before {
+            anyhow::bail!("--ssh-key {}: no key in the file", f.display());
+        }
+    }
+    Ok(keys)
+}
+
 /// Run `labctl vm <cmd>`.
 pub async fn run(ctx: &Ctx, cmd: VmCommand) -> anyhow::Result<()> {
     let client = &ctx.client;
@@ -39,12 +59,22 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> anyhow::Result<()> {
             template,
             cpus,
             memory,
+            image,
+            ssh_keys,
+            ip,
+            gateway,
+            nameservers,
         } => {
             let req = wire::CreateVm {
                 name,
                 template,
                 cpus,
                 memory,
+                image,
+                ssh_keys: read_keys(&ssh_keys)?,
+                ip,
+                gateway,
+                nameservers,
             };
             client.post("/v1/vms", &req).await?
         }

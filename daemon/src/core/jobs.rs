@@ -37,8 +37,19 @@ pub fn log_line(line: String) {
     let _ = CURRENT.try_with(|log| log.push(line));
 }
 
+/// Set the progress (percent) of the job this task runs, if any.
+pub fn progress(pct: u8) {
+    let _ = CURRENT.try_with(|log| log.progress(pct));
+}
+
+/// The job this task runs, for work that continues on another thread (a blocking copy).
+pub fn current() -> Option<JobLog> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// A handle on one job's log and progress.
 #[derive(Clone)]
-struct JobLog {
+pub struct JobLog {
     id: Uuid,
     table: Arc<Mutex<Table>>,
 }
@@ -50,6 +61,16 @@ impl JobLog {
             && entry.job.log.len() < MAX_LOG_LINES
         {
             entry.job.log.push(line);
+        }
+    }
+
+    /// Set the job's progress (0 to 100) while it runs.
+    pub fn progress(&self, pct: u8) {
+        let mut table = lock(&self.table);
+        if let Some(entry) = table.jobs.get_mut(&self.id)
+            && !entry.job.state.is_final()
+        {
+            entry.job.progress = Some(pct.min(100));
         }
     }
 }

@@ -266,6 +266,112 @@ fn vm_info(row: &VmRow, with_text: bool) -> wire::Vm {
     }
 }
 
+/// Put the request's per-VM settings into `spec` (boot disk image, SSH keys, the first NIC's
+/// address) and check the result; errors name the request field.
+fn apply_request(spec: &mut VmSpec, req: &wire::CreateVm) -> Result<(), Error> {
+    if let Some(image) = &req.image {
+        let boot = spec
+            .disks
+            .iter()
+            .position(|d| d.boot)
+            .or(if spec.disks.is_empty() { None } else { Some(0) })
+            .ok_or_else(|| {
+                invalid(
+                    "image",
+                    "no_disk",
+                    format!("template '{}' has no disk to put an image on", req.template),
+                )
+            })?;
+        spec.disks[boot].image = Some(image.clone());
+    }
+    if !req.ssh_keys.is_empty() {
+        let ci = spec
+            .cloud_init
+            .as_mut()
+            .filter(|c| c.enabled)
+            .ok_or_else(|| {
+                invalid(
+                    "ssh_keys",
+                    "no_cloud_init",
+                    format!(
+                        "template '{}' has no cloud-init to hand SSH keys to the guest",
+                        req.template
+                    ),
+                )
+            })?;
+        ci.ssh_authorized_keys
+            .extend(req.ssh_keys.iter().map(|k| k.trim().to_owned()));
+    }
+    if req.ip.is_some() || req.gateway.is_some() || !req.nameservers.is_empty() {
+        let field = if req.ip.is_some() { "ip" } else { "gateway" };
+        let nic = spec.nics.first_mut().ok_or_else(|| {
+            invalid(
+                field,
+                "no_nic",
+                format!("template '{}' has no NIC", req.template),
+            )
+        })?;
+        nic.address = req.ip.clone();
+        if let Some(gw) = &req.gateway {
+            nic.gateway = Some(gw.parse().map_err(|_| {
+                invalid(
+                    "gateway",
+                    "invalid_address",
+                    format!("'{gw}' is not an IP address"),
+                )
+            })?);
+        }
+        nic.nameservers = req
+            .nameservers
+            .iter()
+            .map(|n| {
+                n.parse().map_err(|_| {
+                    invalid(
+                        "nameservers",
+                        "invalid_address",
+                        format!("'{n}' is not an IP address"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    spec.validate().map_err(|e| {
+        let field = match e.key() {
+            Some(k) if k.ends_with("address") => "ip".to_owned(),
+            Some(k) if k.ends_with("gateway") => "gateway".to_owned(),
+            Some(k) if k.starts_with("cloud_init.ssh_authorized_keys") => {
+                k.replacen("cloud_init.ssh_authorized_keys", "ssh_keys", 1)
+            }
+            _ => spec_field(&e).to_owned(),
+        };
+        Error::Invalid {
+            field,
+            code: "invalid_spec",
+            message: e.to_string(),
+        }
+    })
+}
+
+/// The image file of each disk that names one (by disk index), checked before anything is
+/// made. `requested` says the boot disk's image came from the request (`image`) rather than
+/// the template.
+fn disk_images(spec: &VmSpec, dir: &Path, requested: bool) -> Result<Vec<(usize, PathBuf)>, Error> {
+    let mut out = Vec::new();
+    for (i, d) in spec.disks.iter().enumerate() {
+        let Some(name) = &d.image else { continue };
+        let path = crate::host::images::resolve(dir, name).map_err(|e| {
+            let how = if requested {
+                String::new()
+            } else {
+                format!(" (named by the template's disk[{i}]; pass --image to use another)")
+            };
+            invalid("image", "unknown_image", format!("{e}{how}"))
+        })?;
+        out.push((i, path));
+    }
+    Ok(out)
+}
+
 /// The request field a spec error belongs to.
 fn spec_field(e: &SpecError) -> &'static str {
     match e.key() {
@@ -296,12 +402,9 @@ fn write_files(dir: &Path, spec: &VmSpec, text: &str) -> Result<Vec<String>, Err
     let mut created = Vec::new();
     for (i, disk) in spec.disks.iter().enumerate() {
         let path = dir.join(&disk.file);
-        if let Some(image) = &disk.image {
-            super::jobs::log_line(format!(
-                "disk[{i}] names the image '{image}': images are not imported yet; \
-                 {} is a blank disk",
-                disk.file
-            ));
+        if disk.image.is_some() {
+            // Made from its image by the caller.
+            continue;
         }
         let Some(size) = disk.size else {
             super::jobs::log_line(format!("disk[{i}] has no size: no file created"));
@@ -329,6 +432,7 @@ async fn create_vm_job(
     events: EventBus,
     ds: DatasetName,
     spec: VmSpec,
+    images: Vec<(usize, PathBuf)>,
     actor: Option<Actor>,
 ) -> Result<serde_json::Value, Error> {
     let name = spec.name.clone();
@@ -376,7 +480,15 @@ async fn create_vm_job(
             )));
         }
         let dir = PathBuf::from(&mountpoint);
-        let disks = write_files(&dir, &spec, &text)?;
+        let mut disks = write_files(&dir, &spec, &text)?;
+        for (i, src) in &images {
+            let disk = &spec.disks[*i];
+            let dst = dir.join(&disk.file);
+            crate::host::images::import(src, &dst, disk.size.map(ByteSize::bytes))
+                .await
+                .map_err(|e| invalid("image", "import_failed", e.to_string()))?;
+            disks.push(disk.file.clone());
+        }
         Ok::<_, Error>((mountpoint, disks))
     }
     .await;
@@ -536,14 +648,16 @@ impl Core {
                 .parse::<ByteSize>()
                 .map_err(|e| invalid("memory", "invalid_size", format!("'{memory}': {e}")))?;
         }
-        let spec = vmspec::instantiate(&template, &req.template, &req.name, Uuid::new_v4())
+        let mut spec = vmspec::instantiate(&template, &req.template, &req.name, Uuid::new_v4())
             .map_err(|e| invalid(spec_field(&e), "invalid_spec", e.to_string()))?;
+        apply_request(&mut spec, &req)?;
+        let images = disk_images(&spec, &host.config.vms.images_dir, req.image.is_some())?;
         refuse_existing(&host, &ds, &req.name).await?;
         let events = self.events.clone();
         let keys = vec![ds.to_string(), vm_root(&host)?.to_string()];
         self.jobs
             .spawn("vm.create", &req.name, actor, keys, move || {
-                create_vm_job(host, events, ds, spec, actor)
+                create_vm_job(host, events, ds, spec, images, actor)
             })
     }
 
@@ -823,7 +937,9 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let text = include_str!("../../../vm-templates/docker-host.toml");
         let t = vmspec::Template::parse(text).expect("template");
-        let spec = vmspec::instantiate(&t, "docker-host", "web", Uuid::new_v4()).expect("spec");
+        let mut spec = vmspec::instantiate(&t, "docker-host", "web", Uuid::new_v4()).expect("spec");
+        // A disk with an image is made by the importer; a blank one here.
+        spec.disks[0].image = None;
         let toml = spec.to_toml().expect("toml");
         let disks = write_files(&dir, &spec, &toml).expect("write");
         assert_eq!(disks, ["disk0.img"]);

@@ -19,7 +19,17 @@ fn vm_names(lab: &Lab) -> Vec<String> {
 
 #[test]
 fn vms_are_datasets_with_their_spec() {
-    let mut lab = Lab::start();
+    let mut lab = Lab::start_with(LabOptions {
+        tables: "[vms]\nimages_dir = \"{dir}/images\"\n".to_owned(),
+        ..LabOptions::default()
+    });
+    // The docker-host template's image: 8 MiB of raw disk with data at 0 and at 5 MiB.
+    let images = lab.dir.join("images");
+    std::fs::create_dir_all(&images).expect("images dir");
+    let mut image = vec![0u8; 8 << 20];
+    image[..4096].fill(0x5a);
+    image[5 << 20..(5 << 20) + 4096].fill(0xa5);
+    std::fs::write(images.join("debian-12-genericcloud-amd64.raw"), &image).expect("image");
     let web = lab.ds("vms/web");
     let t1 = lab.ds("vms/t1");
 
@@ -39,8 +49,9 @@ fn vms_are_datasets_with_their_spec() {
         .ok()
         .json();
     assert_eq!(job["kind"], "vm.create");
+    assert_eq!(job["progress"], 100, "{job}");
     let log = job["log"].to_string();
-    assert!(log.contains("not imported yet"), "{log}");
+    assert!(log.contains("importing") && log.contains("Raw"), "{log}");
     lab.labctl(&[
         "vm",
         "create",
@@ -102,14 +113,21 @@ fn vms_are_datasets_with_their_spec() {
     assert!(text.contains(&uuid) && text.contains(&mac), "{text}");
     assert_eq!(info["text"].as_str(), Some(text.as_str()));
 
-    // The boot disk: a sparse file of the template's size (the image is not imported yet).
+    // The boot disk: the image, grown to the template's 20G, still sparse.
     let meta = std::fs::metadata(dir.join("disk0.img")).expect("disk0.img");
     assert_eq!(meta.len(), 20u64 << 30);
     assert!(
-        meta.blocks() * 512 < 1 << 20,
+        meta.blocks() * 512 < 2 << 20,
         "sparse: {} blocks",
         meta.blocks()
     );
+    let mut head = vec![0u8; image.len()];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open(dir.join("disk0.img")).expect("open"),
+        &mut head,
+    )
+    .expect("read");
+    assert!(head == image, "disk0.img does not start with the image");
     assert_eq!(info["disks"][0]["size"], 20u64 << 30);
 
     // The preview shows this VM's own MAC, uuid and directory.
@@ -131,9 +149,97 @@ fn vms_are_datasets_with_their_spec() {
         .stdout;
     assert!(qemu.contains("qemu-system-x86_64"), "{qemu}");
 
+    // A qcow2 image, with the guest's SSH key and a static address.
+    labd_e2e::run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            &images
+                .join("debian-12-genericcloud-amd64.raw")
+                .display()
+                .to_string(),
+            &images.join("deb.qcow2").display().to_string(),
+        ],
+    )
+    .ok();
+    let good_key =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRlc3Qta2V5LW9ubHktZm9yLWxhYmQtdGVzdHM test@lab";
+    let good = lab.dir.join("good.pub");
+    std::fs::write(&good, format!("# my key\n{good_key}\n")).expect("key");
+    let bad = lab.dir.join("bad.pub");
+    std::fs::write(&bad, "hello\n").expect("key");
+    let (good, bad) = (good.display().to_string(), bad.display().to_string());
+    lab.labctl(&[
+        "vm",
+        "create",
+        "q1",
+        "--template",
+        "docker-host",
+        "--image",
+        "deb.qcow2",
+        "--ssh-key",
+        &good,
+        "--ip",
+        "192.168.7.20/24",
+        "--gateway",
+        "192.168.7.1",
+        "--nameserver",
+        "192.168.7.1",
+    ])
+    .ok();
+    let q1 = vm_json(&lab, "q1");
+    assert_eq!(q1["nics"][0]["address"], "192.168.7.20/24", "{q1}");
+    let q1_text = q1["text"].as_str().expect("text");
+    assert!(
+        q1_text.contains(good_key) && q1_text.contains("192.168.7.1"),
+        "{q1_text}"
+    );
+    let q1_dir = std::path::PathBuf::from(lab.prop(&lab.ds("vms/q1"), "mountpoint"));
+    let mut head = vec![0u8; image.len()];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open(q1_dir.join("disk0.img")).expect("open"),
+        &mut head,
+    )
+    .expect("read");
+    assert!(head == image, "q1's disk0.img is not the converted image");
+    assert_eq!(
+        std::fs::metadata(q1_dir.join("disk0.img"))
+            .expect("disk")
+            .len(),
+        20u64 << 30
+    );
+    lab.labctl(&["vm", "destroy", "q1"]).ok();
+
     // Refused requests change nothing.
     let before = lab.inventory();
+    let dh = |name: &'static str, extra: &[&'static str]| {
+        let mut v = vec!["vm", "create", name, "--template", "docker-host"];
+        v.extend_from_slice(extra);
+        v
+    };
+    let bad_key: &'static str = Box::leak(bad.into_boxed_str());
     for (args, needle) in [
+        (dh("i1", &["--image", "nope.raw"]), "no image 'nope.raw'"),
+        (dh("i2", &["--image", "../etc/passwd"]), "not an image name"),
+        (dh("i3", &["--ip", "300.1.1.1/24"]), "(field: ip)"),
+        (dh("i4", &["--gateway", "10.0.0.1"]), "(field: gateway)"),
+        (dh("i5", &["--ssh-key", bad_key]), "(field: ssh_keys[0])"),
+        (
+            vec![
+                "vm",
+                "create",
+                "i6",
+                "--template",
+                "tiny",
+                "--image",
+                "x.raw",
+            ],
+            "no disk",
+        ),
         (
             vec!["vm", "create", "Bad_Name", "--template", "tiny"],
             "name",
