@@ -9,4 +9,7 @@ pub mod nfs;
 #[allow(dead_code)]
 pub mod qemu;
 pub mod runner;
+// The VM feature wires it (vm create, seed rebuilds); until then only its tests use it.
+#[allow(dead_code)]
+pub mod seed;
 pub mod zfs;
