@@ -31,7 +31,8 @@
 //!   only ids), matched by its MAC. There is no `set-name`: the guest keeps the name its kernel
 //!   gives the NIC (vm-bhyve's forced `eth0` broke guests that name NICs otherwise, churchers
 //!   #556/#559, reference/bhyve.md §6); cloud-init ≥ 22.3 looks the name up by MAC
-//!   (LP #1855945, fixed for good in canonical/cloud-init PR #1552). A NIC without an
+//!   (LP #1855945, fixed for good in canonical/cloud-init PR #1552; read in cloud-init's
+//!   source, not yet seen in a booted Debian guest). A NIC without an
 //!   address gets `dhcp4: true`; a static one gets `addresses`, the gateway as `gateway4` /
 //!   `gateway6` and `nameservers`. Why `gateway4` and not `routes`: Debian 12's cloud-init
 //!   22.4.2 rejects `routes: [{to: default}]`, and `to: 0.0.0.0/0` renders to ifupdown as a

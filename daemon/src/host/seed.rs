@@ -172,6 +172,10 @@ pub async fn write_seed(
             // it first makes it 0600 from the start.
             write_private(&iso, b"")?;
             runner.run(&makefs_argv(program, &iso, &src)?).await?;
+            let len = std::fs::metadata(&iso).map_err(io_err("read", &iso))?.len();
+            if len == 0 {
+                return Err(invalid(&iso, "makefs exited 0 but wrote no image"));
+            }
             sync_file(&iso)?;
         }
     }
@@ -587,6 +591,14 @@ mod tests {
         assert!(matches!(
             write_seed(&runner(), &d.0, &files("x"), &broken).await,
             Err(SeedError::Command(RunError::Spawn { .. }))
+        ));
+        check_image(&iso, &want, "CIDATA");
+        assert_eq!(entries(&d.0), ["seed.iso"]);
+        // One that "succeeds" without writing is caught too.
+        let silent = SeedDriver::Makefs("/bin/true".to_owned());
+        assert!(matches!(
+            write_seed(&runner(), &d.0, &files("y"), &silent).await,
+            Err(SeedError::Invalid { .. })
         ));
         check_image(&iso, &want, "CIDATA");
         assert_eq!(entries(&d.0), ["seed.iso"]);
