@@ -5,7 +5,10 @@
 # Prints "started-zfs-fuse" on stdout when it started zfs-fuse, so callers can stop it again.
 set -eu
 
-PACKAGES="zfs-fuse shellcheck procps qemu-utils nfs-ganesha nfs-ganesha-vfs libnfs-utils mosquitto mosquitto-clients prometheus"
+# The cloud-init seed tests read seed.iso with isoinfo (genisoimage) and blkid, run NetBSD's
+# makefs (FreeBSD's ancestor), parse with cloud-init's YAML library (python3-yaml) and make
+# host keys with ssh-keygen (openssh-client).
+PACKAGES="zfs-fuse shellcheck procps qemu-utils nfs-ganesha nfs-ganesha-vfs libnfs-utils mosquitto mosquitto-clients prometheus genisoimage makefs python3-yaml openssh-client"
 
 missing=""
 for p in $PACKAGES; do

@@ -11,4 +11,7 @@ pub mod nfs;
 pub mod qemu;
 pub mod qmp;
 pub mod runner;
+// The VM feature wires it (vm create, seed rebuilds); until then only its tests use it.
+#[allow(dead_code)]
+pub mod seed;
 pub mod zfs;
