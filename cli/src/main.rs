@@ -21,6 +21,7 @@
 mod args;
 mod client;
 mod commands;
+mod guest;
 mod jobs;
 mod output;
 mod sse;
