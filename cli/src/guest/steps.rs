@@ -209,8 +209,10 @@ apply() {
     if [ -n "$m" ]; then
         apt-get install -y -q -o DPkg::Lock::Timeout=600 $m >&2 || fail "apt-get install $m failed"
     fi
-    if ! docker info >/dev/null 2>&1 && command -v systemctl >/dev/null 2>&1; then
-        systemctl enable --now docker >&2 || fail "systemctl enable --now docker failed"
+    if ! out=$(docker info --format '{{.ServerVersion}}' 2>&1); then
+        command -v systemctl >/dev/null 2>&1 || fail "the Docker daemon does not answer: $out"
+        systemctl enable --now docker >&2 \
+            || fail "the Docker daemon does not answer, and systemctl enable --now docker failed"
     fi
 }
 "#;
