@@ -808,6 +808,22 @@ mod tests {
         }
     }
 
+    /// The sample in docs/examples is a valid plan (labd's datasets aside).
+    #[test]
+    fn the_documented_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/docker-host.toml");
+        let loaded = Plan::load(&path).unwrap();
+        assert_eq!(loaded.plan.services.len(), 2);
+        assert_eq!(loaded.files.len(), 2);
+        assert_eq!(
+            loaded.plan.dataset_refs(),
+            [(
+                "services[1].volumes[0].dataset".to_owned(),
+                "photos".to_owned()
+            )]
+        );
+    }
+
     #[test]
     fn missing_files_name_their_keys() {
         let dir = std::env::temp_dir().join(format!("labctl-plan-test-{}", std::process::id()));

@@ -99,7 +99,7 @@ probe() {
     n=$(printf '%s\n' "$sim" | grep -c '^Inst ')
     IN_SYNC="all packages up to date"
     [ "$n" -eq 0 ] && return 0
-    WHY="$n packages to upgrade"
+    WHY="packages to upgrade: $n"
     return 1
 }
 apply() {
@@ -228,7 +228,7 @@ probe() {
     rc=$?
     if [ $rc -ne 0 ]; then
         case $cur in
-            *"No such network"*|*"not found"*) WHY="network $NAME does not exist"; EXISTS=; return 1 ;;
+            *"No such network"*|*"not found"*) WHY="does not exist"; EXISTS=; return 1 ;;
             *) fail "docker network inspect $NAME failed: $cur" ;;
         esac
     fi
@@ -238,11 +238,11 @@ probe() {
     subs=${subs% }
     IN_SYNC="$drv network, subnet $subs"
     if [ "$drv" != "$DRIVER" ]; then
-        WHY="network $NAME has driver $drv, the plan says $DRIVER"
+        WHY="driver is $drv, the plan says $DRIVER"
         return 1
     fi
     if [ -n "$SUBNET" ] && [ "$subs" != "$SUBNET" ]; then
-        WHY="network $NAME has subnet ${subs:-none}, the plan says $SUBNET"
+        WHY="subnet is ${subs:-none}, the plan says $SUBNET"
         return 1
     fi
 }
@@ -267,18 +267,18 @@ MODE=$2
 SUM=$3
 probe() {
     if [ ! -f "$DEST" ]; then
-        WHY="$DEST does not exist"
+        WHY="does not exist"
         return 1
     fi
     if [ "$(sum "$DEST")" != "$SUM" ]; then
-        WHY="$DEST differs"
+        WHY="content differs"
         return 1
     fi
     if [ -z "$(find "$DEST" -prune -perm "$MODE")" ]; then
-        WHY="$DEST is not mode $MODE"
+        WHY="not mode $MODE"
         return 1
     fi
-    IN_SYNC="$DEST up to date"
+    IN_SYNC="up to date"
 }
 apply() {
     dir=$(dirname "$DEST")
@@ -304,7 +304,7 @@ probe() {
     rc=$?
     if [ $rc -ne 0 ]; then
         case $cur in
-            *"No such volume"*|*"no such volume"*) WHY="volume $VOL does not exist"; EXISTS=; return 1 ;;
+            *"No such volume"*|*"no such volume"*) WHY="does not exist"; EXISTS=; return 1 ;;
             *) fail "docker volume inspect $VOL failed: $cur" ;;
         esac
     fi
@@ -312,7 +312,7 @@ probe() {
     IN_SYNC="nfs $DEV ($OPTS)"
     [ "$cur" = "$WANT" ] && return 0
     users=$(docker ps -aq --filter "volume=$VOL" | wc -l)
-    WHY="volume $VOL is $cur, the plan says $WANT: recreated, its $users containers stopped and removed first (compose recreates them)"
+    WHY="is $cur, the plan says $WANT: recreate it ($users containers using it stopped and removed first; compose recreates them)"
     return 1
 }
 apply() {
