@@ -223,9 +223,18 @@ impl Remote {
         .stderr(Stdio::piped());
         let mut child = cmd.spawn().await.map_err(RemoteError::Exec)?;
         if let (Some(data), Some(mut pipe)) = (stdin, child.stdin().take()) {
-            pipe.write_all(data).await.map_err(RemoteError::Stdin)?;
-            pipe.shutdown().await.map_err(RemoteError::Stdin)?;
-            drop(pipe);
+            // A step that finds its file in sync exits without reading its input: a closed
+            // pipe then is no error (the exit status says what happened).
+            let written = match pipe.write_all(data).await {
+                Ok(()) => pipe.shutdown().await,
+                Err(e) => Err(e),
+            };
+            match written {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    return Err(RemoteError::Stdin(e));
+                }
+                _ => drop(pipe),
+            }
         }
         let out = child.wait_with_output().await;
         let out = match out {
