@@ -71,6 +71,10 @@ pub enum Command {
     /// VMs: create one from a template, list, inspect, preview its commands, destroy.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Provision a VM over SSH from a plan: system updates, Docker, networks, compose
+    /// projects with NFS volumes on labd's datasets (docs/provisioning.md).
+    #[command(subcommand)]
+    Guest(GuestCommand),
     /// Follow labd's event stream until it ends.
     Events {
         /// Only these kinds (repeatable or comma-separated); `job.` (ending in a dot) is a
@@ -292,6 +296,52 @@ pub enum VmCommand {
         #[arg(long, default_value = "bhyve", value_parser = ["bhyve", "qemu"])]
         driver: String,
     },
+}
+
+/// `labctl guest …`.
+#[derive(Debug, Subcommand)]
+pub enum GuestCommand {
+    /// Make the guest what the plan says: each step probes, applies what differs and probes
+    /// again; reported as changed, unchanged or failed. Stops at the first failure.
+    Provision {
+        #[command(flatten)]
+        target: GuestTarget,
+        /// Only probe: report what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check the guest against the plan, changing nothing; exit status 1 when it differs.
+    Status {
+        #[command(flatten)]
+        target: GuestTarget,
+    },
+}
+
+/// The guest and plan of `labctl guest …`.
+#[derive(Debug, Args)]
+pub struct GuestTarget {
+    /// VM name: its static address and the SSH host key labd generated come from labd.
+    pub vm: String,
+    /// The provisioning plan (TOML).
+    pub plan: PathBuf,
+    /// Connect to this address instead of the VM's static one.
+    #[arg(long, value_name = "ADDR")]
+    pub host: Option<String>,
+    /// Pin this host key instead of labd's: a file holding it, or the key line itself.
+    #[arg(long, value_name = "FILE|LINE")]
+    pub host_key: Option<String>,
+    /// SSH port (default: the plan's, else ssh's configuration, else 22).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// SSH user (default: the plan's, else ssh's configuration, else yours).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Private key to log in with (then only that key is offered).
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// ssh configuration file to read instead of ~/.ssh/config.
+    #[arg(long, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
 }
 
 /// `labctl job show ID`.

@@ -22,6 +22,7 @@ mod args;
 mod client;
 mod commands;
 mod console;
+mod guest;
 mod jobs;
 mod output;
 mod sse;

@@ -7,8 +7,9 @@ set -eu
 
 # The cloud-init seed tests read seed.iso with isoinfo (genisoimage) and blkid, run NetBSD's
 # makefs (FreeBSD's ancestor), parse with cloud-init's YAML library (python3-yaml) and make
-# host keys with ssh-keygen (openssh-client).
-PACKAGES="zfs-fuse shellcheck procps qemu-utils nfs-ganesha nfs-ganesha-vfs libnfs-utils mosquitto mosquitto-clients prometheus genisoimage makefs python3-yaml openssh-client"
+# host keys with ssh-keygen (openssh-client). The guest provisioning tests run a throwaway
+# sshd (openssh-server) and dockerd (docker.io) with a busybox image (busybox-static).
+PACKAGES="zfs-fuse shellcheck procps qemu-utils nfs-ganesha nfs-ganesha-vfs libnfs-utils mosquitto mosquitto-clients prometheus genisoimage makefs python3-yaml openssh-client openssh-server docker.io busybox-static"
 
 missing=""
 for p in $PACKAGES; do
@@ -21,6 +22,30 @@ if [ -n "$missing" ]; then
     # shellcheck disable=SC2086 # word splitting of the package list is intended
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         -o DPkg::Lock::Timeout=600 $missing >&2
+fi
+
+# Compose v2 for the guest-provisioning tests. Debian 12 has only the Python compose v1;
+# Debian 13 packages v2 as a CLI plugin that depends on nothing but libc. Fetch that .deb
+# with a private, throwaway apt state (the machine's own sources and lists are untouched),
+# from the mirror this machine already uses, verified by the archive keyring, and install
+# only the plugin binary. Skipped once the plugin is there.
+COMPOSE_PLUGIN=/usr/local/lib/docker/cli-plugins/docker-compose
+if [ ! -x "$COMPOSE_PLUGIN" ]; then
+    echo "installing compose v2 from Debian 13's docker-compose package" >&2
+    mirror=$(apt-cache policy | awk '$3 == "bookworm/main" && $2 ~ /^https?:/ { print $2; exit }')
+    [ -n "$mirror" ] || { echo "no Debian mirror in apt's sources" >&2; exit 1; }
+    tmp=$(mktemp -d)
+    mkdir -p "$tmp/lists/partial" "$tmp/deb"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main" \
+        >"$tmp/sources.list"
+    set -- -o Dir::Etc::SourceList="$tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+        -o Dir::State::Lists="$tmp/lists" -o Dir::Cache::archives="$tmp/deb" \
+        -o APT::Sandbox::User=root
+    apt-get -qq "$@" update >&2
+    (cd "$tmp/deb" && apt-get -qq "$@" download docker-compose >&2)
+    dpkg-deb -x "$tmp"/deb/docker-compose_*.deb "$tmp/x"
+    install -D -m 755 "$tmp/x/usr/libexec/docker/cli-plugins/docker-compose" "$COMPOSE_PLUGIN"
+    rm -rf "$tmp"
 fi
 
 # The FreeBSD target is only type-checked; its absence is not an error.

@@ -5,6 +5,8 @@
 //! Needs root, a running zfs-fuse (`tests/env/install.sh` sets it up) and the workspace's
 //! binaries built (`cargo build --workspace --bins`; `tests/env/run-tests.sh` does both).
 
+pub mod guest_env;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 mod dataset;
 mod events;
 mod export;
+mod guest;
 mod job;
 mod policy;
 mod status;
@@ -50,6 +51,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(cmd) => export::run(&ctx, cmd).await,
         Command::Template(cmd) => template::run(&ctx, cmd).await,
         Command::Vm(cmd) => vm::run(&ctx, cmd).await,
+        Command::Guest(cmd) => guest::run(&ctx, cmd).await,
         Command::Events { kind, resource } => events::run(&ctx, &kind, resource.as_deref()).await,
     }
 }

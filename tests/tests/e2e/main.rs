@@ -7,6 +7,7 @@
 mod daemon;
 mod datasets;
 mod exports;
+mod guest;
 mod metrics;
 mod mqtt;
 mod policies;
