@@ -216,6 +216,21 @@ pub fn render(spec: &VmSpec, key: &HostKey) -> Result<SeedFiles, SpecError> {
     })
 }
 
+/// Check that `spec`'s seed can be rendered, before labd makes anything for the VM (its host
+/// key does not exist yet: a well-formed placeholder stands in for it). A spec without an
+/// enabled seed passes.
+pub fn check(spec: &VmSpec) -> Result<(), SpecError> {
+    if spec.seed().is_none() {
+        return Ok(());
+    }
+    let placeholder = HostKey {
+        private: "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----"
+            .to_owned(),
+        public: "ssh-ed25519 AAAAplaceholder".to_owned(),
+    };
+    render(spec, &placeholder).map(|_| ())
+}
+
 /// `meta-data`: the instance id and the hostname.
 fn meta_data(spec: &VmSpec, key: &HostKey) -> Result<String, SpecError> {
     validate_vm_name(&spec.name)?;

@@ -2,8 +2,6 @@
 //! (ownership, destroy protections, one lock per resource) described in
 //! docs/architecture.md. Nothing here knows about HTTP.
 
-// The VM feature wires it (vm create, seed rebuilds); until then only its tests use it.
-#[allow(dead_code)]
 pub mod cloudinit;
 pub mod console;
 mod datasets;

@@ -242,7 +242,7 @@ fn vm_info(row: &VmRow, with_text: bool) -> wire::Vm {
             message: None,
             error: None,
             text: with_text.then_some(text),
-            ssh_host_key: None,
+            ssh_host_key: host_key(Path::new(&row.mountpoint)),
         },
         Err(error) => wire::Vm {
             name,
@@ -335,21 +335,50 @@ fn apply_request(spec: &mut VmSpec, req: &wire::CreateVm) -> Result<(), Error> {
             })
             .collect::<Result<_, _>>()?;
     }
-    spec.validate().map_err(|e| {
-        let field = match e.key() {
-            Some(k) if k.ends_with("address") => "ip".to_owned(),
-            Some(k) if k.ends_with("gateway") => "gateway".to_owned(),
-            Some(k) if k.starts_with("cloud_init.ssh_authorized_keys") => {
-                k.replacen("cloud_init.ssh_authorized_keys", "ssh_keys", 1)
-            }
-            _ => spec_field(&e).to_owned(),
-        };
-        Error::Invalid {
-            field,
-            code: "invalid_spec",
-            message: e.to_string(),
+    spec.validate()
+        .map_err(|e| invalid(&request_field(&e), "invalid_spec", e.to_string()))
+}
+
+/// The `vm create` request field a spec error comes from.
+fn request_field(e: &SpecError) -> String {
+    match e.key() {
+        Some(k) if k.ends_with("address") => "ip".to_owned(),
+        Some(k) if k.ends_with("gateway") => "gateway".to_owned(),
+        Some(k) if k.ends_with("nameservers") => "nameservers".to_owned(),
+        Some(k) if k.starts_with("cloud_init.ssh_authorized_keys") => {
+            k.replacen("cloud_init.ssh_authorized_keys", "ssh_keys", 1)
         }
-    })
+        _ => spec_field(e).to_owned(),
+    }
+}
+
+/// Write the VM's cloud-init seed (again: it follows the spec) and make sure its SSH host key
+/// exists; returns the public key, or `None` when the VM has no seed.
+async fn refresh_seed(dir: &Path, spec: &VmSpec) -> Result<Option<String>, Error> {
+    use crate::host::seed;
+    if spec.seed().is_none() {
+        return Ok(None);
+    }
+    let runner = crate::host::runner::Runner::new(Duration::from_secs(60));
+    let failed = |e: seed::SeedError| Error::Internal(format!("cloud-init seed: {e}"));
+    let key = seed::ensure_host_key(&runner, dir, &spec.name)
+        .await
+        .map_err(failed)?;
+    let files = super::cloudinit::render(spec, &key)
+        .map_err(|e| invalid(&request_field(&e), "invalid_spec", e.to_string()))?;
+    let path = seed::write_seed(&runner, dir, &files, &seed::SeedDriver::host_default())
+        .await
+        .map_err(failed)?;
+    super::jobs::log_line(format!("wrote the cloud-init seed {}", path.display()));
+    Ok(Some(key.public))
+}
+
+/// The guest's SSH host key as recorded in its directory.
+fn host_key(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join(crate::host::seed::HOST_KEY_PUB_FILE))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
 }
 
 /// The image file of each disk that names one (by disk index), checked before anything is
@@ -489,10 +518,11 @@ async fn create_vm_job(
                 .map_err(|e| invalid("image", "import_failed", e.to_string()))?;
             disks.push(disk.file.clone());
         }
-        Ok::<_, Error>((mountpoint, disks))
+        let host_key = refresh_seed(&dir, &spec).await?;
+        Ok::<_, Error>((mountpoint, disks, host_key))
     }
     .await;
-    let (mountpoint, disks) = match written {
+    let (mountpoint, disks, host_key) = match written {
         Ok(done) => done,
         Err(e) => {
             super::jobs::log_line(format!("{e}; destroying {ds} again"));
@@ -524,6 +554,7 @@ async fn create_vm_job(
         "path": mountpoint,
         "macs": macs,
         "disks": disks,
+        "ssh_host_key": host_key,
     }))
 }
 
@@ -651,6 +682,8 @@ impl Core {
         let mut spec = vmspec::instantiate(&template, &req.template, &req.name, Uuid::new_v4())
             .map_err(|e| invalid(spec_field(&e), "invalid_spec", e.to_string()))?;
         apply_request(&mut spec, &req)?;
+        super::cloudinit::check(&spec)
+            .map_err(|e| invalid(&request_field(&e), "invalid_spec", e.to_string()))?;
         let images = disk_images(&spec, &host.config.vms.images_dir, req.image.is_some())?;
         refuse_existing(&host, &ds, &req.name).await?;
         let events = self.events.clone();

@@ -6,12 +6,10 @@
 pub mod bhyve;
 pub mod images;
 pub mod nfs;
-// Only template previews use it so far; the VM feature (issue 3) wires the rest.
+// Parts serve only the bhyve driver's golden tests so far.
 #[allow(dead_code)]
 pub mod qemu;
 pub mod qmp;
 pub mod runner;
-// The VM feature wires it (vm create, seed rebuilds); until then only its tests use it.
-#[allow(dead_code)]
 pub mod seed;
 pub mod zfs;
