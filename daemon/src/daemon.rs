@@ -25,6 +25,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let socket = config.api.socket.clone();
     let host = Host::build(config.clone()).await?;
     let core = Arc::new(Core::new(host));
+    // Bridges do not survive a host reboot; taps of VMs that do not run are leftovers.
+    core.restore_network().await;
     let listener = api::bind(&config.api)?;
     tracing::info!(
         socket = %socket.display(),

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::core::{Error, Refusal};
+use crate::host::net::NetError;
 use crate::host::runner::RunError;
 use crate::host::zfs::{ZfsError, ZfsErrorKind};
 use crate::wire::{ErrorBody, ErrorInfo};
@@ -56,7 +57,9 @@ pub fn status_of(e: &Error) -> StatusCode {
             | Refusal::NotManaged
             | Refusal::RootDataset
             | Refusal::Exported
-            | Refusal::Running => StatusCode::CONFLICT,
+            | Refusal::Running
+            | Refusal::Exists
+            | Refusal::InUse => StatusCode::CONFLICT,
         },
         Error::ShuttingDown | Error::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
         Error::Zfs(ZfsError::Command { kind, .. }) => match kind {
@@ -77,6 +80,8 @@ pub fn status_of(e: &Error) -> StatusCode {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         },
+        Error::Net(NetError::Run(RunError::Timeout { .. })) => StatusCode::GATEWAY_TIMEOUT,
+        Error::Net(_) => StatusCode::INTERNAL_SERVER_ERROR,
         Error::Zfs(ZfsError::Parse(_)) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -7,6 +7,7 @@
 
 mod error;
 mod handlers;
+mod switches;
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -171,6 +172,11 @@ fn router(state: AppState) -> Router {
         .route("/v1/vms/{name}/command", get(h::vm_command))
         .route("/v1/vms/{name}/start", post(h::start_vm))
         .route("/v1/vms/{name}/stop", post(h::stop_vm))
+        .route("/v1/switches", get(switches::list).post(switches::create))
+        .route(
+            "/v1/switches/{name}",
+            axum::routing::delete(switches::destroy),
+        )
         .route("/v1/policies", get(h::list_policies))
         .route("/v1/policies/run", post(h::run_policies))
         .route("/v1/policies/{name}", get(h::get_policy))

@@ -25,6 +25,10 @@ pub enum Refusal {
     Exported,
     /// The VM is running.
     Running,
+    /// It exists already (a switch, or a bridge labd would create).
+    Exists,
+    /// Something uses it (a switch that VMs name or taps are on).
+    InUse,
 }
 
 impl Refusal {
@@ -39,6 +43,8 @@ impl Refusal {
             Self::RootDataset => "root_dataset",
             Self::Exported => "exported",
             Self::Running => "running",
+            Self::Exists => "exists",
+            Self::InUse => "in_use",
         }
     }
 }
@@ -79,6 +85,9 @@ pub enum Error {
     /// The ZFS driver failed.
     #[error(transparent)]
     Zfs(#[from] ZfsError),
+    /// The network driver failed (switches, taps).
+    #[error(transparent)]
+    Net(#[from] crate::host::net::NetError),
     /// A bug: something that should not happen.
     #[error("internal error: {0}")]
     Internal(String),
@@ -132,6 +141,9 @@ impl Error {
                 ZfsErrorKind::Other => "zfs_failed",
             },
             Self::Zfs(ZfsError::Run(_)) => "command_failed",
+            Self::Net(crate::host::net::NetError::Command { .. }) => "net_failed",
+            Self::Net(crate::host::net::NetError::Run(_)) => "command_failed",
+            Self::Net(crate::host::net::NetError::Parse { .. }) => "internal",
             Self::Zfs(ZfsError::Parse(_)) | Self::Internal(_) => "internal",
         }
     }

@@ -4,6 +4,7 @@
 // Only template previews use it so far; the VM feature (issue 3) wires the rest.
 #[allow(dead_code)]
 pub mod bhyve;
+pub mod net;
 pub mod nfs;
 // Only template previews use it so far; the VM feature (issue 3) wires the rest.
 #[allow(dead_code)]
