@@ -7,6 +7,7 @@ mod export;
 mod job;
 mod policy;
 mod status;
+mod switch;
 mod template;
 mod vm;
 
@@ -50,6 +51,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(cmd) => export::run(&ctx, cmd).await,
         Command::Template(cmd) => template::run(&ctx, cmd).await,
         Command::Vm(cmd) => vm::run(&ctx, cmd).await,
+        Command::Switch(cmd) => switch::run(&ctx, cmd).await,
         Command::Events { kind, resource } => events::run(&ctx, &kind, resource.as_deref()).await,
     }
 }
