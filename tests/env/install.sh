@@ -5,7 +5,7 @@
 # Prints "started-zfs-fuse" on stdout when it started zfs-fuse, so callers can stop it again.
 set -eu
 
-PACKAGES="zfs-fuse shellcheck procps nfs-ganesha nfs-ganesha-vfs libnfs-utils mosquitto mosquitto-clients prometheus"
+PACKAGES="zfs-fuse iproute2 shellcheck procps nfs-ganesha nfs-ganesha-vfs libnfs-utils mosquitto mosquitto-clients prometheus"
 
 missing=""
 for p in $PACKAGES; do
