@@ -75,6 +75,9 @@ pub enum Command {
     /// projects with NFS volumes on labd's datasets (docs/provisioning.md).
     #[command(subcommand)]
     Guest(GuestCommand),
+    /// Virtual switches: the bridges VM NICs join.
+    #[command(subcommand)]
+    Switch(SwitchCommand),
     /// Follow labd's event stream until it ends.
     Events {
         /// Only these kinds (repeatable or comma-separated); `job.` (ending in a dot) is a
@@ -342,6 +345,33 @@ pub struct GuestTarget {
     /// ssh configuration file to read instead of ~/.ssh/config.
     #[arg(long, value_name = "FILE")]
     pub ssh_config: Option<PathBuf>,
+}
+
+/// `labctl switch …`.
+#[derive(Debug, Subcommand)]
+pub enum SwitchCommand {
+    /// Create a switch: the bridge vm-NAME, optionally with a host interface as uplink; or
+    /// adopt an existing bridge with --bridge.
+    Create {
+        /// Switch name: 1-12 of lower-case letters, digits and '-', starting with a letter.
+        name: String,
+        /// Host interface to join to the bridge (em0, eth1); the switch gets its MTU.
+        #[arg(long, value_name = "IF")]
+        uplink: Option<String>,
+        /// The bridge's MTU (with --uplink it must be the uplink's).
+        #[arg(long, value_name = "N")]
+        mtu: Option<u32>,
+        /// Adopt this existing bridge as is (labd never changes or destroys it).
+        #[arg(long, value_name = "BRIDGE", conflicts_with_all = ["uplink", "mtu"])]
+        bridge: Option<String>,
+    },
+    /// List the switches with their bridges and ports.
+    List,
+    /// Destroy a switch (refused while a VM uses it); an adopted bridge is left in place.
+    Destroy {
+        /// Switch name.
+        name: String,
+    },
 }
 
 /// `labctl job show ID`.

@@ -694,6 +694,46 @@ pub struct StopVmQuery {
     pub force: bool,
 }
 
+/// A virtual switch (`GET /v1/switches`): a bridge that VM NICs join through taps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Switch {
+    /// Switch name (what a VM NIC's `switch` names).
+    pub name: String,
+    /// The host bridge: `vm-<name>`, or the adopted bridge.
+    pub bridge: String,
+    /// Whether labd created the bridge (and destroys it with the switch); `false` for an
+    /// adopted bridge, which labd never changes or destroys.
+    pub managed: bool,
+    /// The host interface that is the bridge's first member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
+    /// The bridge's MTU (the configured one while the bridge is missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// `up`, `down` or `missing` (the bridge does not exist on the host now).
+    pub state: String,
+    /// The bridge's members: the uplink and VM taps.
+    #[serde(default)]
+    pub ports: Vec<String>,
+}
+
+/// Body of `POST /v1/switches`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSwitch {
+    /// Switch name: 1-12 of `a-z 0-9 -`, starting with a letter.
+    pub name: String,
+    /// A host interface to make the bridge's first member.
+    #[serde(default)]
+    pub uplink: Option<String>,
+    /// The bridge's MTU (with an uplink it must be the uplink's).
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// Adopt this existing bridge as is instead of creating `vm-<name>`.
+    #[serde(default)]
+    pub bridge: Option<String>,
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }

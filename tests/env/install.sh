@@ -9,7 +9,7 @@ set -eu
 # makefs (FreeBSD's ancestor), parse with cloud-init's YAML library (python3-yaml) and make
 # host keys with ssh-keygen (openssh-client). The guest provisioning tests run a throwaway
 # sshd (openssh-server) and dockerd (docker.io) with a busybox image (busybox-static).
-PACKAGES="zfs-fuse shellcheck procps qemu-utils nfs-ganesha nfs-ganesha-vfs libnfs-utils mosquitto mosquitto-clients prometheus genisoimage makefs python3-yaml openssh-client openssh-server docker.io busybox-static"
+PACKAGES="zfs-fuse iproute2 shellcheck procps qemu-utils nfs-ganesha nfs-ganesha-vfs libnfs-utils mosquitto mosquitto-clients prometheus genisoimage makefs python3-yaml openssh-client openssh-server docker.io busybox-static"
 
 missing=""
 for p in $PACKAGES; do

@@ -8,6 +8,7 @@ mod guest;
 mod job;
 mod policy;
 mod status;
+mod switch;
 mod template;
 mod vm;
 
@@ -52,6 +53,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Template(cmd) => template::run(&ctx, cmd).await,
         Command::Vm(cmd) => vm::run(&ctx, cmd).await,
         Command::Guest(cmd) => guest::run(&ctx, cmd).await,
+        Command::Switch(cmd) => switch::run(&ctx, cmd).await,
         Command::Events { kind, resource } => events::run(&ctx, &kind, resource.as_deref()).await,
     }
 }

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::core::{Error, Refusal};
+use crate::host::net::NetError;
 use crate::host::runner::RunError;
 use crate::host::zfs::{ZfsError, ZfsErrorKind};
 use crate::wire::{ErrorBody, ErrorInfo};
@@ -57,7 +58,9 @@ pub fn status_of(e: &Error) -> StatusCode {
             | Refusal::RootDataset
             | Refusal::Exported
             | Refusal::Running
-            | Refusal::NotRunning => StatusCode::CONFLICT,
+            | Refusal::NotRunning
+            | Refusal::Exists
+            | Refusal::InUse => StatusCode::CONFLICT,
         },
         Error::ShuttingDown | Error::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
         Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
@@ -79,6 +82,8 @@ pub fn status_of(e: &Error) -> StatusCode {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         },
+        Error::Net(NetError::Run(RunError::Timeout { .. })) => StatusCode::GATEWAY_TIMEOUT,
+        Error::Net(_) => StatusCode::INTERNAL_SERVER_ERROR,
         Error::Zfs(ZfsError::Parse(_)) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -8,6 +8,7 @@
 mod console;
 mod error;
 mod handlers;
+mod switches;
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -174,6 +175,11 @@ fn router(state: AppState) -> Router {
         .route("/v1/vms/{name}/stop", post(h::stop_vm))
         .route("/v1/vms/{name}/restart", post(h::restart_vm))
         .route("/v1/vms/{name}/console", get(console::vm_console))
+        .route("/v1/switches", get(switches::list).post(switches::create))
+        .route(
+            "/v1/switches/{name}",
+            axum::routing::delete(switches::destroy),
+        )
         .route("/v1/policies", get(h::list_policies))
         .route("/v1/policies/run", post(h::run_policies))
         .route("/v1/policies/{name}", get(h::get_policy))

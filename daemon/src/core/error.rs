@@ -27,6 +27,10 @@ pub enum Refusal {
     Running,
     /// The VM is not running.
     NotRunning,
+    /// It exists already (a switch, or a bridge labd would create).
+    Exists,
+    /// Something uses it (a switch that VMs name or taps are on).
+    InUse,
 }
 
 impl Refusal {
@@ -42,6 +46,8 @@ impl Refusal {
             Self::Exported => "exported",
             Self::Running => "running",
             Self::NotRunning => "not_running",
+            Self::Exists => "exists",
+            Self::InUse => "in_use",
         }
     }
 }
@@ -85,6 +91,9 @@ pub enum Error {
     /// This host or driver cannot do it (yet); nothing was done.
     #[error("{0}")]
     Unsupported(String),
+    /// The network driver failed (switches, taps).
+    #[error(transparent)]
+    Net(#[from] crate::host::net::NetError),
     /// A bug: something that should not happen.
     #[error("internal error: {0}")]
     Internal(String),
@@ -139,6 +148,9 @@ impl Error {
                 ZfsErrorKind::Other => "zfs_failed",
             },
             Self::Zfs(ZfsError::Run(_)) => "command_failed",
+            Self::Net(crate::host::net::NetError::Command { .. }) => "net_failed",
+            Self::Net(crate::host::net::NetError::Run(_)) => "command_failed",
+            Self::Net(crate::host::net::NetError::Parse { .. }) => "internal",
             Self::Zfs(ZfsError::Parse(_)) | Self::Internal(_) => "internal",
         }
     }

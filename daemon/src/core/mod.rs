@@ -19,6 +19,7 @@ mod vms;
 pub mod retention;
 pub mod schedule;
 pub mod supervise;
+pub mod switches;
 #[allow(dead_code)]
 pub mod vmspec;
 
@@ -95,6 +96,8 @@ pub struct Core {
     policy_state: std::sync::Mutex<policy::PolicyState>,
     /// The VMs labd runs (in memory only).
     pub vms: Arc<supervise::Supervisor>,
+    /// Virtual switches and the taps of VMs (`switches.rs`).
+    pub switches: switches::Switches,
 }
 
 impl Core {
@@ -108,6 +111,7 @@ impl Core {
             metrics: crate::metrics::Metrics::default(),
             policy_state: std::sync::Mutex::default(),
             vms: Arc::default(),
+            switches: switches::Switches::for_host(),
         }
     }
 
@@ -140,11 +144,18 @@ impl Core {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             api_version: crate::wire::API_VERSION.to_owned(),
             root: host.config.zfs.root.to_string(),
-            drivers: vec![DriverInfo {
-                subsystem: "zfs".to_owned(),
-                name: zfs_name.to_owned(),
-                capabilities: host.zfs.capabilities().names(),
-            }],
+            drivers: vec![
+                DriverInfo {
+                    subsystem: "zfs".to_owned(),
+                    name: zfs_name.to_owned(),
+                    capabilities: host.zfs.capabilities().names(),
+                },
+                DriverInfo {
+                    subsystem: "net".to_owned(),
+                    name: self.switches.driver().as_str().to_owned(),
+                    capabilities: Vec::new(),
+                },
+            ],
         }
     }
 }

@@ -36,8 +36,10 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Error;
+use super::Host;
 use super::console::Console;
 use super::jobs::log_line;
+use super::switches::Switches;
 use super::vmspec::{RestartPolicy, VmSpec};
 use crate::config::RestartRules;
 use crate::events::EventBus;
@@ -153,6 +155,9 @@ pub(super) struct StartPlan {
     pub accel: qemu::Accel,
     pub kernel_dir: PathBuf,
     pub rules: RestartRules,
+    /// Where the VM's taps come from (created before each run, removed at the end).
+    pub switches: Switches,
+    pub host: Arc<Host>,
 }
 
 /// `run.json`: which process is this VM's.
@@ -451,10 +456,42 @@ async fn launch(plan: &StartPlan, console: &Arc<Console>) -> Result<Run, Error> 
     let paths = QemuPaths {
         dir: plan.dir.clone(),
     };
+    // One tap per NIC on its switch's bridge (leftovers of an earlier run are replaced).
+    let taps = plan.switches.attach_taps(&plan.host, spec).await?;
+    if !taps.is_empty() {
+        log_line(format!("taps {}", taps.join(", ")));
+    }
+    let launched = spawn_qemu(plan, console, &paths, &taps, accel).await;
+    if launched.is_err() && !taps.is_empty() {
+        release_taps(plan).await;
+    }
+    launched
+}
+
+/// Remove the VM's taps (its run ended for good, or never began).
+async fn release_taps(plan: &StartPlan) {
+    if plan.spec.nics.is_empty() {
+        return;
+    }
+    match plan.switches.detach_taps(&plan.host, &plan.spec.name).await {
+        Ok(gone) if !gone.is_empty() => log_line(format!("removed taps {}", gone.join(", "))),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(vm = %plan.spec.name, error = %e, "cannot remove the VM's taps"),
+    }
+}
+
+async fn spawn_qemu(
+    plan: &StartPlan,
+    console: &Arc<Console>,
+    paths: &QemuPaths,
+    taps: &[String],
+    accel: qemu::Accel,
+) -> Result<Run, Error> {
+    let spec = &plan.spec;
     let argv = qemu::qemu_argv(
         spec,
-        &paths,
-        &[],
+        paths,
+        taps,
         accel,
         &qemu::Ovmf::default(),
         Some(&plan.kernel_dir),
@@ -771,6 +808,7 @@ async fn vm_task(
         }
     };
     let _ = std::fs::remove_file(&record_path);
+    release_taps(&plan).await;
     let final_status = sv.status.borrow().clone();
     events.publish(
         "vm.stopped",

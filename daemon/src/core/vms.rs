@@ -164,7 +164,12 @@ async fn vm_spec(host: &Host, name: &str) -> Result<(VmRow, VmSpec), Error> {
 }
 
 /// What the supervisor needs to run a VM.
-fn start_plan(host: &Host, row: &VmRow, spec: VmSpec) -> super::supervise::StartPlan {
+fn start_plan(
+    host: &Arc<Host>,
+    switches: &super::switches::Switches,
+    row: &VmRow,
+    spec: VmSpec,
+) -> super::supervise::StartPlan {
     let vms = &host.config.vms;
     super::supervise::StartPlan {
         spec,
@@ -172,6 +177,8 @@ fn start_plan(host: &Host, row: &VmRow, spec: VmSpec) -> super::supervise::Start
         accel: vms.accel,
         kernel_dir: vms.kernel_dir.clone(),
         rules: vms.restart,
+        switches: switches.clone(),
+        host: Arc::clone(host),
     }
 }
 
@@ -744,7 +751,8 @@ impl Core {
         let host = self.host();
         super::supervise::check_driver(&host.config.vms.driver)?;
         let (row, spec) = vm_spec(&host, name).await?;
-        let plan = start_plan(&host, &row, spec);
+        self.switches.check_nics(&host, &spec).await?;
+        let plan = start_plan(&host, &self.switches, &row, spec);
         let sup = Arc::clone(&self.vms);
         let events = self.events.clone();
         self.jobs.spawn(
@@ -757,18 +765,47 @@ impl Core {
     }
 
     /// At labd's start: re-adopt the VMs whose hypervisor outlived the last labd (cleaning
-    /// stale run records), then start the `autostart` VMs in `boot_order`, pausing each one's
-    /// `boot_delay` before the next. Returns when all were started.
+    /// stale run records), restore the switches (and remove stale taps), then start the
+    /// `autostart` VMs in `boot_order`, pausing each one's `boot_delay` before the next.
+    /// Returns when all were started.
     pub async fn start_vms_at_boot(&self) {
         let host = self.host();
-        let Ok(root) = vm_root(&host) else { return };
+        let boot = self.adopt_vms(&host).await;
+        // Bridges do not survive a host reboot, and taps of VMs that do not run (now that the
+        // survivors are adopted) are leftovers.
+        self.restore_network().await;
+        if boot.is_empty() || super::supervise::check_driver(&host.config.vms.driver).is_err() {
+            return;
+        }
+        let mut boot = boot;
+        boot.sort_by_key(|p| (p.spec.boot_order, p.spec.name.clone()));
+        for plan in boot {
+            let name = plan.spec.name.clone();
+            let delay = plan.spec.boot_delay.get();
+            match self.start_vm(&name, None).await {
+                Ok(job) => {
+                    tracing::info!(vm = %name, job = %job.id, "autostart");
+                    let _ = self.jobs.wait(job.id, Duration::from_secs(60)).await;
+                }
+                Err(e) => tracing::warn!(vm = %name, error = %e, "autostart failed"),
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Re-adopt the VMs that still run (or clean their stale records); returns the plans of
+    /// the `autostart` VMs that do not run.
+    async fn adopt_vms(&self, host: &Arc<Host>) -> Vec<super::supervise::StartPlan> {
+        let Ok(root) = vm_root(host) else {
+            return Vec::new();
+        };
         let rows = match host.zfs.get_props(&root, VM_PROPERTIES, true).await {
             Ok(rows) => rows,
             Err(e) => {
                 if !is_not_found(&e) {
                     tracing::warn!(error = %e, "cannot list VMs at start");
                 }
-                return;
+                return Vec::new();
             }
         };
         let prefix = format!("{root}/");
@@ -788,7 +825,7 @@ impl Core {
             let Ok((_, spec)) = read_spec(&name, &row) else {
                 continue;
             };
-            let plan = start_plan(&host, &row, spec);
+            let plan = start_plan(host, &self.switches, &row, spec);
             if super::supervise::adopt(&self.vms, &self.events, plan.clone()).await {
                 continue;
             }
@@ -796,22 +833,7 @@ impl Core {
                 boot.push(plan);
             }
         }
-        if boot.is_empty() || super::supervise::check_driver(&host.config.vms.driver).is_err() {
-            return;
-        }
-        boot.sort_by_key(|p| (p.spec.boot_order, p.spec.name.clone()));
-        for plan in boot {
-            let name = plan.spec.name.clone();
-            let delay = plan.spec.boot_delay.get();
-            match self.start_vm(&name, None).await {
-                Ok(job) => {
-                    tracing::info!(vm = %name, job = %job.id, "autostart");
-                    let _ = self.jobs.wait(job.id, Duration::from_secs(60)).await;
-                }
-                Err(e) => tracing::warn!(vm = %name, error = %e, "autostart failed"),
-            }
-            tokio::time::sleep(delay).await;
-        }
+        boot
     }
 
     /// Stop VM `name`: a `vm.stop` job (the ACPI power button, then SIGKILL after the spec's
@@ -838,7 +860,8 @@ impl Core {
         let host = self.host();
         super::supervise::check_driver(&host.config.vms.driver)?;
         let (row, spec) = vm_spec(&host, name).await?;
-        let plan = start_plan(&host, &row, spec);
+        self.switches.check_nics(&host, &spec).await?;
+        let plan = start_plan(&host, &self.switches, &row, spec);
         let sup = Arc::clone(&self.vms);
         let events = self.events.clone();
         let owned = name.to_owned();
@@ -867,13 +890,22 @@ impl Core {
             ));
         }
         let events = self.events.clone();
+        let switches = self.switches.clone();
         let name = name.to_owned();
         self.jobs.spawn(
             "vm.destroy",
             &name.clone(),
             actor,
             vec![ds.to_string()],
-            move || destroy_vm_job(host, events, ds, name, actor),
+            move || async move {
+                let done =
+                    destroy_vm_job(Arc::clone(&host), events, ds, name.clone(), actor).await?;
+                // Taps left by a run that ended without labd (they are removed at every stop).
+                if let Err(e) = switches.detach_taps(&host, &name).await {
+                    super::jobs::log_line(format!("cannot remove the VM's taps: {e}"));
+                }
+                Ok(done)
+            },
         )
     }
 

@@ -5,6 +5,7 @@
 #[allow(dead_code)]
 pub mod bhyve;
 pub mod images;
+pub mod net;
 pub mod nfs;
 // Parts serve only the bhyve driver's golden tests so far.
 #[allow(dead_code)]

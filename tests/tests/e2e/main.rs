@@ -12,5 +12,6 @@ mod metrics;
 mod mqtt;
 mod policies;
 mod refusals;
+mod switches;
 mod templates;
 mod vms;
