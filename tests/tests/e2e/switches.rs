@@ -332,7 +332,7 @@ fn a_running_vm_has_its_tap_on_the_switch_bridge() {
     assert_eq!(info["state"], "running", "{info}");
     let uuid = info["uuid"].as_str().expect("uuid").replace('-', "");
     let tap = format!("tap{}-0", &uuid[..10]);
-    assert_eq!(members(&bridge), [tap.clone()]);
+    assert_eq!(members(&bridge), std::slice::from_ref(&tap));
     let l = link(&tap).expect("tap exists");
     assert_eq!(l["mtu"], 1400, "{l}");
     let pid = info["pid"].as_u64().expect("pid");
