@@ -285,6 +285,24 @@ pub enum VmCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Snapshot a VM's dataset: all its disks, spec and seed in one transaction.
+    Snapshot {
+        /// VM name.
+        name: String,
+        /// Snapshot name (default: a UTC timestamp).
+        #[arg(long = "name", value_name = "SNAP")]
+        snapshot: Option<String>,
+    },
+    /// Make a new VM from a snapshot of another (a ZFS clone: new uuid, MACs, host key; DHCP).
+    Clone {
+        /// The VM to clone.
+        name: String,
+        /// The new VM's name.
+        target: String,
+        /// Clone this existing snapshot (default: take one now).
+        #[arg(long)]
+        snapshot: Option<String>,
+    },
     /// Attach to a running VM's serial console (several clients may attach at once); detach
     /// with Ctrl-].
     Console {

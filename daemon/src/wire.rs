@@ -686,6 +686,26 @@ pub struct VmCommandQuery {
     pub driver: Option<String>,
 }
 
+/// Body of `POST /v1/vms/{name}/snapshots`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotVm {
+    /// Snapshot name; defaults to a UTC timestamp.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Body of `POST /v1/vms/{name}/clone`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloneVm {
+    /// The new VM's name.
+    pub target: String,
+    /// Clone from this existing snapshot of the VM (default: take one now).
+    #[serde(default)]
+    pub snapshot: Option<String>,
+}
+
 /// `POST /v1/vms/{name}/stop?force=true`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StopVmQuery {

@@ -1,4 +1,4 @@
-//! `labctl vm create|list|info|start|stop|restart|console|destroy|command`: VMs as labd keeps them, one dataset
+//! `labctl vm create|list|info|start|stop|restart|snapshot|clone|console|destroy|command`: VMs as labd keeps them, one dataset
 //! each with its `vm.toml`. Creating, starting, stopping and destroying are jobs.
 
 use labd::wire::{self, CommandPreview, Job, Vm};
@@ -82,6 +82,22 @@ pub async fn run(ctx: &Ctx, cmd: VmCommand) -> anyhow::Result<()> {
         VmCommand::Start { name } => {
             client
                 .post_empty(&format!("{}/start", vm_path(&name)))
+                .await?
+        }
+        VmCommand::Snapshot { name, snapshot } => {
+            let req = wire::SnapshotVm { name: snapshot };
+            client
+                .post(&format!("{}/snapshots", vm_path(&name)), &req)
+                .await?
+        }
+        VmCommand::Clone {
+            name,
+            target,
+            snapshot,
+        } => {
+            let req = wire::CloneVm { target, snapshot };
+            client
+                .post(&format!("{}/clone", vm_path(&name)), &req)
                 .await?
         }
         VmCommand::Console { name } => return crate::console::attach(client, &name).await,

@@ -267,6 +267,24 @@ pub(super) async fn restart_vm(
     accepted(s.core.restart_vm(&name, q.force, peer.0).await)
 }
 
+pub(super) async fn snapshot_vm(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+    Body(req): Body<wire::SnapshotVm>,
+) -> ApiResult<Response> {
+    accepted(s.core.snapshot_vm(&name, req, peer.0).await)
+}
+
+pub(super) async fn clone_vm(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+    Body(req): Body<wire::CloneVm>,
+) -> ApiResult<Response> {
+    accepted(s.core.clone_vm(&name, req, peer.0).await)
+}
+
 pub(super) async fn vm_command(
     State(s): State<AppState>,
     Path(name): Path<String>,

@@ -174,6 +174,8 @@ fn router(state: AppState) -> Router {
         .route("/v1/vms/{name}/start", post(h::start_vm))
         .route("/v1/vms/{name}/stop", post(h::stop_vm))
         .route("/v1/vms/{name}/restart", post(h::restart_vm))
+        .route("/v1/vms/{name}/snapshots", post(h::snapshot_vm))
+        .route("/v1/vms/{name}/clone", post(h::clone_vm))
         .route("/v1/vms/{name}/console", get(console::vm_console))
         .route("/v1/switches", get(switches::list).post(switches::create))
         .route(

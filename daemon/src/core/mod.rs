@@ -14,6 +14,7 @@ mod nfs;
 mod policy;
 pub mod props;
 mod templates;
+mod vmclone;
 mod vms;
 // Only templates and previews use it so far; the VM feature (issue 3) wires the rest.
 pub mod retention;

@@ -35,13 +35,13 @@ use crate::wire::{self, Actor, Job};
 
 use super::datasets::MANAGED;
 /// The user property carrying a VM's UUID on its dataset.
-const VM_PROPERTY: &str = "labd:vm";
+pub(super) const VM_PROPERTY: &str = "labd:vm";
 /// The spec's file name in the VM's dataset.
-const SPEC_FILE: &str = "vm.toml";
+pub(super) const SPEC_FILE: &str = "vm.toml";
 /// Properties read to list VMs.
 const VM_PROPERTIES: &str = "mountpoint,labd:managed,labd:vm";
 
-fn invalid(field: &str, code: &'static str, message: impl Into<String>) -> Error {
+pub(super) fn invalid(field: &str, code: &'static str, message: impl Into<String>) -> Error {
     Error::Invalid {
         field: field.to_owned(),
         code,
@@ -59,7 +59,7 @@ fn is_not_found(e: &ZfsError) -> bool {
     e.kind() == Some(ZfsErrorKind::NotFound)
 }
 
-fn managed(name: &str, value: &str) -> Assignment {
+pub(super) fn managed(name: &str, value: &str) -> Assignment {
     Assignment {
         name: name.to_owned(),
         value: value.to_owned(),
@@ -76,7 +76,7 @@ fn vm_root(host: &Host) -> Result<DatasetName, Error> {
 }
 
 /// The dataset of VM `name`, after checking the name (field `name`).
-fn vm_dataset(host: &Host, name: &str) -> Result<DatasetName, Error> {
+pub(super) fn vm_dataset(host: &Host, name: &str) -> Result<DatasetName, Error> {
     vmspec::validate_vm_name(name).map_err(|e| invalid("name", "invalid_name", e.to_string()))?;
     DatasetName::parse(&format!("{}/{name}", vm_root(host)?))
         .map_err(|e| invalid("name", "invalid_name", e.to_string()))
@@ -112,7 +112,7 @@ pub(super) async fn vm_root_mountpoint(host: &Host) -> Result<PathBuf, Error> {
 
 /// What `zfs get` says about one VM dataset.
 #[derive(Debug, Default)]
-struct VmRow {
+pub(super) struct VmRow {
     dataset: String,
     mountpoint: String,
     managed: bool,
@@ -156,7 +156,7 @@ async fn vm_row(host: &Host, name: &str) -> Result<VmRow, Error> {
 }
 
 /// The dataset row and the parsed `vm.toml` of VM `name`.
-async fn vm_spec(host: &Host, name: &str) -> Result<(VmRow, VmSpec), Error> {
+pub(super) async fn vm_spec(host: &Host, name: &str) -> Result<(VmRow, VmSpec), Error> {
     let row = vm_row(host, name).await?;
     let (_, spec) = read_spec(name, &row)
         .map_err(|e| Error::Internal(format!("VM '{name}' is broken: {e}")))?;
@@ -361,7 +361,7 @@ fn request_field(e: &SpecError) -> String {
 
 /// Write the VM's cloud-init seed (again: it follows the spec) and make sure its SSH host key
 /// exists; returns the public key, or `None` when the VM has no seed.
-async fn refresh_seed(dir: &Path, spec: &VmSpec) -> Result<Option<String>, Error> {
+pub(super) async fn refresh_seed(dir: &Path, spec: &VmSpec) -> Result<Option<String>, Error> {
     use crate::host::seed;
     if spec.seed().is_none() {
         return Ok(None);
@@ -419,7 +419,7 @@ fn spec_field(e: &SpecError) -> &'static str {
 }
 
 /// Write `text` to `dir/file` atomically: a temporary file, synced, then renamed over.
-fn write_atomic(dir: &Path, file: &str, text: &str) -> std::io::Result<()> {
+pub(super) fn write_atomic(dir: &Path, file: &str, text: &str) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{file}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(text.as_bytes())?;
@@ -566,7 +566,11 @@ async fn create_vm_job(
 }
 
 /// Refuse when the VM's dataset already exists (code `exists`, status 409 like ZFS's own).
-async fn refuse_existing(host: &Host, ds: &DatasetName, name: &str) -> Result<(), Error> {
+pub(super) async fn refuse_existing(
+    host: &Host,
+    ds: &DatasetName,
+    name: &str,
+) -> Result<(), Error> {
     match host.zfs.get_props(ds, "type", false).await {
         Ok(_) => {
             let message = format!("VM '{name}' already exists (dataset {ds})");
@@ -760,7 +764,11 @@ impl Core {
             name,
             actor,
             vec![row.dataset.clone()],
-            move || super::supervise::start(sup, events, plan, actor),
+            move || async move {
+                // The seed follows the spec (an edited vm.toml, a new labd).
+                refresh_seed(&plan.dir, &plan.spec).await?;
+                super::supervise::start(sup, events, plan, actor).await
+            },
         )
     }
 
@@ -872,6 +880,7 @@ impl Core {
             vec![row.dataset.clone()],
             move || async move {
                 let stopped = super::supervise::stop(Arc::clone(&sup), owned, force).await?;
+                refresh_seed(&plan.dir, &plan.spec).await?;
                 let started = super::supervise::start(sup, events, plan, actor).await?;
                 Ok(json!({"stop": stopped, "start": started}))
             },

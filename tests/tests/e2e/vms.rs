@@ -714,3 +714,94 @@ fn consoles_are_shared_and_the_guest_reboots_and_powers_off_by_itself() {
     lab.labctl(&["vm", "stop", "t3", "--force"]).ok();
     lab.labctl(&["vm", "destroy", "t3"]).ok();
 }
+
+#[test]
+fn a_vm_snapshot_clones_into_a_new_machine() {
+    let lab = Lab::start_with(LabOptions {
+        tables: "[vms]\nimages_dir = \"{dir}/images\"\n".to_owned(),
+        ..LabOptions::default()
+    });
+    let images = lab.dir.join("images");
+    std::fs::create_dir_all(&images).expect("images dir");
+    let mut image = vec![0u8; 4 << 20];
+    image[..4096].fill(0x42);
+    std::fs::write(images.join("debian-12-genericcloud-amd64.raw"), &image).expect("image");
+    lab.labctl(&[
+        "vm",
+        "create",
+        "web",
+        "--template",
+        "docker-host",
+        "--ip",
+        "10.9.8.7/24",
+    ])
+    .ok();
+    let web = vm_json(&lab, "web");
+    let key = web["ssh_host_key"].as_str().expect("host key").to_owned();
+    assert!(key.starts_with("ssh-ed25519 AAAA"), "{key}");
+
+    lab.labctl(&["vm", "snapshot", "web", "--name", "s1"]).ok();
+    assert!(lab.exists(&format!("{}@s1", lab.ds("vms/web"))));
+    let job = lab
+        .labctl(&[
+            "--output",
+            "json",
+            "vm",
+            "clone",
+            "web",
+            "web2",
+            "--snapshot",
+            "s1",
+        ])
+        .ok()
+        .json();
+    assert_eq!(job["kind"], "vm.clone");
+    let web2_ds = lab.ds("vms/web2");
+    assert_eq!(
+        lab.prop(&web2_ds, "origin"),
+        format!("{}@s1", lab.ds("vms/web"))
+    );
+    assert_eq!(lab.prop(&web2_ds, "labd:managed"), "on");
+    let web2 = vm_json(&lab, "web2");
+    assert_eq!(
+        lab.prop(&web2_ds, "labd:vm"),
+        web2["uuid"].as_str().expect("uuid")
+    );
+    assert_ne!(web2["uuid"], web["uuid"]);
+    assert_ne!(web2["nics"][0]["mac"], web["nics"][0]["mac"]);
+    assert!(web2["nics"][0].get("address").is_none(), "{web2}");
+    let key2 = web2["ssh_host_key"].as_str().expect("host key");
+    assert!(
+        key2.starts_with("ssh-ed25519 AAAA") && key2 != key,
+        "{key2}"
+    );
+    let dir2 = std::path::PathBuf::from(lab.prop(&web2_ds, "mountpoint"));
+    assert!(dir2.join("seed.iso").exists());
+    let text = std::fs::read_to_string(dir2.join("vm.toml")).expect("vm.toml");
+    assert!(text.contains("name = \"web2\""), "{text}");
+    let mut head = vec![0u8; image.len()];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open(dir2.join("disk0.img")).expect("disk"),
+        &mut head,
+    )
+    .expect("read");
+    assert!(head == image, "the clone's disk is not the source's");
+
+    // Without --snapshot one is taken; refusals make nothing.
+    lab.labctl(&["vm", "clone", "web", "web3"]).ok();
+    assert!(lab.exists(&lab.ds("vms/web3")));
+    let before = lab.inventory();
+    let out = lab.labctl(&["vm", "clone", "web", "Bad_Name"]).code(1);
+    assert!(out.stderr.contains("field: target"), "{}", out.stderr);
+    let out = lab.labctl(&["vm", "clone", "web", "web2"]).code(1);
+    assert!(out.stderr.contains("exists"), "{}", out.stderr);
+    let out = lab.labctl(&["vm", "clone", "nope", "web4"]).code(1);
+    assert!(out.stderr.contains("not_found"), "{}", out.stderr);
+    let out = lab.labctl(&["vm", "clone", "web", "web5", "--snapshot", "nosuch"]);
+    assert_ne!(out.code, 0);
+    assert_eq!(lab.inventory(), before);
+
+    for vm in ["web2", "web3", "web"] {
+        lab.labctl(&["vm", "destroy", vm]).ok();
+    }
+}
