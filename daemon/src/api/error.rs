@@ -63,7 +63,6 @@ pub fn status_of(e: &Error) -> StatusCode {
             | Refusal::InUse => StatusCode::CONFLICT,
         },
         Error::ShuttingDown | Error::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
-        Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
         Error::Zfs(ZfsError::Command { kind, .. }) => match kind {
             ZfsErrorKind::NotFound => StatusCode::NOT_FOUND,
             ZfsErrorKind::Exists

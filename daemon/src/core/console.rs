@@ -35,6 +35,9 @@ pub struct Console {
     backlog: Mutex<VecDeque<u8>>,
     /// Input to the hypervisor stream fed last; `None` while there is none.
     input: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    /// Set when the VM is off for good: a feed still running (a terminal device that never
+    /// reports an end) lets go of its stream.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 /// A client's view: recent output, then everything that follows.
@@ -56,6 +59,7 @@ impl Console {
             output,
             backlog: Mutex::new(VecDeque::with_capacity(BACKLOG)),
             input: Mutex::new(None),
+            closed: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -83,8 +87,13 @@ impl Console {
         });
         let mut log = LogFile::open(&self.log).await;
         let mut buf = vec![0u8; 8192];
+        let mut closed = self.closed.subscribe();
         loop {
-            match read.read(&mut buf).await {
+            let n = tokio::select! {
+                n = read.read(&mut buf) => n,
+                _ = closed.wait_for(|c| *c) => break,
+            };
+            match n {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     let chunk = &buf[..n];
@@ -98,6 +107,16 @@ impl Console {
         }
         *self.lock_input() = None;
         writer.abort();
+    }
+
+    /// Whether a hypervisor stream feeds this console now.
+    pub fn is_fed(&self) -> bool {
+        self.lock_input().is_some()
+    }
+
+    /// The VM is off for good: let go of the hypervisor's stream.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// Attach a client.

@@ -88,9 +88,6 @@ pub enum Error {
     /// The ZFS driver failed.
     #[error(transparent)]
     Zfs(#[from] ZfsError),
-    /// This host or driver cannot do it (yet); nothing was done.
-    #[error("{0}")]
-    Unsupported(String),
     /// The network driver failed (switches, taps).
     #[error(transparent)]
     Net(#[from] crate::host::net::NetError),
@@ -134,7 +131,6 @@ impl Error {
             Self::Refused { reason, .. } => reason.code(),
             Self::ShuttingDown => "shutting_down",
             Self::Interrupted => "interrupted",
-            Self::Unsupported(_) => "unsupported",
             Self::Zfs(ZfsError::Command { kind, .. }) => match kind {
                 ZfsErrorKind::NotFound => "not_found",
                 ZfsErrorKind::Exists => "exists",

@@ -7,6 +7,7 @@ pub mod console;
 mod datasets;
 pub mod error;
 pub mod exports;
+mod hypervisor;
 pub mod jobs;
 mod locks;
 pub mod names;

@@ -18,44 +18,38 @@
 //!
 //! Each run records `run.json` (pid, uuid, driver) in the VM's directory. The hypervisor runs
 //! in its own process group and outlives labd: when labd restarts, [`adopt`] finds the
-//! record, checks the process is still that VM's (alive, and its command line carries the
-//! VM's uuid), reconnects QMP and the console and watches it again; a record whose process is
-//! gone or is someone else's is removed (a stale instance). The console is a
+//! record, checks the process is still that VM's (alive, and it names the VM), reconnects QMP
+//! and the console and watches it again; a record whose process is gone or is someone else's
+//! is removed (a stale instance). An adopted hypervisor is not labd's child, so its exit
+//! status is unknown: unless QMP said why, such an end is `unknown` and only
+//! `restart = "always"` starts the VM again. The console is a
 //! [`Console`] that survives reboots, so attached clients stay attached.
 //!
-//! Driver support: QEMU. bhyve's argv is produced and golden-tested
-//! ([`crate::host::bhyve`]) but not run yet; `vm start` refuses it as unsupported.
+//! What differs between QEMU and bhyve (launch, power button, forced off, what an end means,
+//! identity) lives in [`super::hypervisor`].
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Error;
 use super::Host;
 use super::console::Console;
+use super::hypervisor::{Driver, Ended, RUN_FILE, Run};
 use super::jobs::log_line;
 use super::switches::Switches;
 use super::vmspec::{RestartPolicy, VmSpec};
 use crate::config::RestartRules;
 use crate::events::EventBus;
 use crate::host::bhyve::ExitMeaning;
-use crate::host::qemu::{self, QemuPaths};
-use crate::host::qmp::Qmp;
 use crate::wire::Actor;
 
-/// How long labd retries connecting to the console and QMP sockets while QEMU creates them.
-const CONNECT: Duration = Duration::from_secs(3);
-/// How long to wait for the hypervisor to go after SIGKILL.
+/// How long to wait for the hypervisor to go after it was forced off.
 const KILL_WAIT: Duration = Duration::from_secs(5);
-/// How often an adopted hypervisor (not labd's child) is checked for life.
-const ADOPTED_POLL: Duration = Duration::from_millis(500);
-/// The run record in the VM's directory.
-pub const RUN_FILE: &str = "run.json";
 
 /// Where a supervised VM is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,20 +146,11 @@ pub struct Supervisor {
 pub(super) struct StartPlan {
     pub spec: VmSpec,
     pub dir: PathBuf,
-    pub accel: qemu::Accel,
-    pub kernel_dir: PathBuf,
+    pub driver: Driver,
     pub rules: RestartRules,
     /// Where the VM's taps come from (created before each run, removed at the end).
     pub switches: Switches,
     pub host: Arc<Host>,
-}
-
-/// `run.json`: which process is this VM's.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct RunRecord {
-    pid: u32,
-    driver: String,
-    uuid: uuid::Uuid,
 }
 
 impl Supervisor {
@@ -244,18 +229,6 @@ async fn request_stop(sv: &Supervised, force: bool, timeout: Duration) -> Option
     rx.await.ok()
 }
 
-/// Refuse a driver that cannot start VMs yet (before any job exists).
-pub(super) fn check_driver(driver: &str) -> Result<(), Error> {
-    if driver == "qemu" {
-        Ok(())
-    } else {
-        Err(Error::Unsupported(format!(
-            "starting VMs with the {driver} driver is not supported yet; \
-             `labctl vm command NAME --driver {driver}` shows what it will run"
-        )))
-    }
-}
-
 /// The job of `vm start`: start the hypervisor and put the VM under watch.
 pub(super) async fn start(
     sup: Arc<Supervisor>,
@@ -271,18 +244,18 @@ pub(super) async fn start(
         ));
     }
     let console = Arc::new(Console::new(plan.dir.join("console.log")));
-    let run = launch(&plan, &console).await?;
+    let run = launch(&plan, &console, true).await?;
     let pid = run.pid;
     events.publish(
         "vm.started",
         &name,
         actor,
-        json!({"pid": pid, "driver": "qemu", "accel": run.accel}),
+        json!({"pid": pid, "driver": run.driver(), "accel": run.accel}),
     );
     let result = json!({
         "name": name,
         "pid": pid,
-        "driver": "qemu",
+        "driver": run.driver(),
         "accel": run.accel,
         "console_log": console.log_path(),
     });
@@ -322,147 +295,39 @@ pub(super) async fn stop(
 /// whether it was adopted.
 pub(super) async fn adopt(sup: &Arc<Supervisor>, events: &EventBus, plan: StartPlan) -> bool {
     let name = plan.spec.name.clone();
-    let record_path = plan.dir.join(RUN_FILE);
-    let Ok(text) = std::fs::read_to_string(&record_path) else {
-        return false;
-    };
-    let record: Option<RunRecord> = serde_json::from_str(&text).ok();
-    let verdict = match &record {
-        None => Err("the run record cannot be read".to_owned()),
-        Some(r) if r.uuid != plan.spec.uuid => Err(format!("it names uuid {}", r.uuid)),
-        Some(r) => identify(r.pid, &r.uuid).await,
-    };
-    let record = match (verdict, record) {
-        (Ok(()), Some(r)) => r,
-        (verdict, _) => {
-            let why = verdict.err().unwrap_or_default();
-            tracing::info!(vm = %name, %why, "removing a stale run record");
-            let _ = std::fs::remove_file(&record_path);
-            events.publish("vm.stale", &name, None, json!({"reason": why}));
-            return false;
-        }
-    };
     let console = Arc::new(Console::new(plan.dir.join("console.log")));
-    let paths = QemuPaths {
-        dir: plan.dir.clone(),
-    };
-    attach_console(&console, &paths.console_socket()).await;
-    let qmp = Qmp::connect(&paths.qmp_socket(), CONNECT).await;
-    if let Err(e) = &qmp {
-        tracing::warn!(vm = %name, error = %e, "adopted VM without QMP: stop will kill it");
-    }
-    let run = Run {
-        pid: record.pid,
-        process: Process::Adopted,
-        qmp: qmp.ok(),
-        started: Instant::now(),
-        accel: plan.accel.as_str(),
-    };
-    tracing::info!(vm = %name, pid = record.pid, "re-adopted a running VM");
-    events.publish("vm.adopted", &name, None, json!({"pid": record.pid}));
-    watch_vm(sup, events.clone(), plan, console, run);
-    true
-}
-
-/// Whether process `pid` lives and is the VM with `uuid` (its command line carries it:
-/// QEMU's `-uuid`, bhyve's `-U`). Read with ps(1), whose `-o args=` both FreeBSD and procps
-/// print.
-async fn identify(pid: u32, uuid: &uuid::Uuid) -> Result<(), String> {
-    let out = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::process::Command::new("ps")
-            .args(["-ww", "-o", "args=", "-p", &pid.to_string()])
-            .stdin(std::process::Stdio::null())
-            .output(),
-    )
-    .await
-    .map_err(|_| "ps did not answer within 5s".to_owned())?
-    .map_err(|e| format!("cannot run ps: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("process {pid} is gone"));
-    }
-    let args = String::from_utf8_lossy(&out.stdout);
-    if args.contains(&uuid.to_string()) {
-        Ok(())
-    } else {
-        Err(format!("process {pid} is not this VM: {}", args.trim()))
-    }
-}
-
-/// One run of the hypervisor.
-struct Run {
-    pid: u32,
-    process: Process,
-    qmp: Option<Qmp>,
-    started: Instant,
-    accel: &'static str,
-}
-
-enum Process {
-    /// labd started it: its exit status is ours to read.
-    Child(tokio::process::Child),
-    /// It outlived a labd restart: watched by pid.
-    Adopted,
-}
-
-impl Run {
-    /// Wait for the hypervisor to end; returns its status as text and whether it succeeded.
-    async fn wait(&mut self) -> (String, bool) {
-        let (text, success) = match &mut self.process {
-            Process::Child(child) => match child.wait().await {
-                Ok(s) => (s.to_string(), s.success()),
-                Err(e) => (format!("cannot wait: {e}"), false),
-            },
-            Process::Adopted => {
-                while alive(self.pid) {
-                    match &self.qmp {
-                        Some(q) => {
-                            q.closed(ADOPTED_POLL).await;
-                        }
-                        None => tokio::time::sleep(ADOPTED_POLL).await,
-                    }
-                }
-                ("ended (not labd's child: status unknown)".to_owned(), false)
-            }
-        };
-        // QEMU writes its SHUTDOWN event before exiting; let the reader take it in.
-        if let Some(q) = &self.qmp {
-            q.closed(Duration::from_secs(1)).await;
+    match Run::adopt(&plan.spec, &plan.dir, &console).await {
+        Ok(Some(run)) => {
+            tracing::info!(vm = %name, pid = run.pid, "re-adopted a running VM");
+            events.publish(
+                "vm.adopted",
+                &name,
+                None,
+                json!({"pid": run.pid, "driver": run.driver()}),
+            );
+            watch_vm(sup, events.clone(), plan, console, run);
+            true
         }
-        (text, success)
-    }
-
-    fn kill(&self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid).unwrap_or(i32::MAX));
-        match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
-            Ok(()) => log_line(format!("sent SIGKILL to {}", self.pid)),
-            Err(e) => log_line(format!("kill {}: {e}", self.pid)),
+        Ok(None) => false,
+        Err(why) => {
+            tracing::info!(vm = %name, %why, "removing a stale run record");
+            let _ = std::fs::remove_file(plan.dir.join(RUN_FILE));
+            events.publish("vm.stale", &name, None, json!({"reason": why}));
+            false
         }
     }
 }
 
-fn alive(pid: u32) -> bool {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
-    !matches!(
-        nix::sys::signal::kill(pid, None),
-        Err(nix::errno::Errno::ESRCH)
-    )
-}
-
-/// Start QEMU for `plan`, connect its console to `console` and hold its QMP connection.
-async fn launch(plan: &StartPlan, console: &Arc<Console>) -> Result<Run, Error> {
-    let spec = &plan.spec;
-    let accel = plan.accel.resolve(qemu::kvm_usable());
-    let paths = QemuPaths {
-        dir: plan.dir.clone(),
-    };
+/// Start a run: the VM's taps on their switches, then the hypervisor; the taps are removed
+/// again when it cannot start.
+async fn launch(plan: &StartPlan, console: &Arc<Console>, first: bool) -> Result<Run, Error> {
     // One tap per NIC on its switch's bridge (leftovers of an earlier run are replaced).
-    let taps = plan.switches.attach_taps(&plan.host, spec).await?;
+    let taps = plan.switches.attach_taps(&plan.host, &plan.spec).await?;
     if !taps.is_empty() {
         log_line(format!("taps {}", taps.join(", ")));
     }
-    let launched = spawn_qemu(plan, console, &paths, &taps, accel).await;
-    if launched.is_err() && !taps.is_empty() {
+    let launched = Run::launch(plan, console, &taps, first).await;
+    if launched.is_err() {
         release_taps(plan).await;
     }
     launched
@@ -477,110 +342,6 @@ async fn release_taps(plan: &StartPlan) {
         Ok(gone) if !gone.is_empty() => log_line(format!("removed taps {}", gone.join(", "))),
         Ok(_) => {}
         Err(e) => tracing::warn!(vm = %plan.spec.name, error = %e, "cannot remove the VM's taps"),
-    }
-}
-
-async fn spawn_qemu(
-    plan: &StartPlan,
-    console: &Arc<Console>,
-    paths: &QemuPaths,
-    taps: &[String],
-    accel: qemu::Accel,
-) -> Result<Run, Error> {
-    let spec = &plan.spec;
-    let argv = qemu::qemu_argv(
-        spec,
-        paths,
-        taps,
-        accel,
-        &qemu::Ovmf::default(),
-        Some(&plan.kernel_dir),
-    )
-    .map_err(|e| Error::Invalid {
-        field: "name".to_owned(),
-        code: "cannot_start",
-        message: e.to_string(),
-    })?;
-    let words = argv.to_vec();
-    for sock in [paths.console_socket(), paths.qmp_socket()] {
-        let _ = std::fs::remove_file(&sock);
-    }
-    let io = |what: &Path, e: std::io::Error| {
-        Error::Internal(format!("cannot write {}: {e}", what.display()))
-    };
-    // QEMU's own messages (stderr) go to the VM's log, always.
-    let log_path = plan.dir.join("qemu.log");
-    let qemu_log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| io(&log_path, e))?;
-    let qemu_out = qemu_log.try_clone().map_err(|e| io(&log_path, e))?;
-    log_line(format!("running {}", words.join(" ")));
-    let child = tokio::process::Command::new(&words[0])
-        .args(&words[1..])
-        .stdin(std::process::Stdio::null())
-        .stdout(qemu_out)
-        .stderr(qemu_log)
-        // Its own process group: a signal to labd's group (a terminal's Ctrl-C, a service
-        // manager stopping labd) does not reach the VM; labd stops VMs itself.
-        .process_group(0)
-        .kill_on_drop(false)
-        .spawn()
-        .map_err(|e| Error::Internal(format!("cannot run {}: {e}", words[0])))?;
-    let pid = child
-        .id()
-        .ok_or_else(|| Error::Internal("QEMU exited before it could be watched".to_owned()))?;
-    let record = RunRecord {
-        pid,
-        driver: "qemu".to_owned(),
-        uuid: spec.uuid,
-    };
-    let record_path = plan.dir.join(RUN_FILE);
-    let text = serde_json::to_string(&record).map_err(|e| Error::Internal(e.to_string()))?;
-    std::fs::write(&record_path, text).map_err(|e| io(&record_path, e))?;
-
-    // The console first: QEMU drops output while no client is connected.
-    attach_console(console, &paths.console_socket()).await;
-    let qmp = match Qmp::connect(&paths.qmp_socket(), CONNECT).await {
-        Ok(q) => Some(q),
-        Err(e) => {
-            log_line(format!("{e}; a stop will kill QEMU"));
-            None
-        }
-    };
-    Ok(Run {
-        pid,
-        process: Process::Child(child),
-        qmp,
-        started: Instant::now(),
-        accel: accel.as_str(),
-    })
-}
-
-/// Connect to the hypervisor's console socket and feed `console` from it in the background.
-async fn attach_console(console: &Arc<Console>, socket: &Path) {
-    let deadline = tokio::time::Instant::now() + CONNECT;
-    loop {
-        if let Ok(stream) = tokio::net::UnixStream::connect(socket).await {
-            log_line(format!(
-                "console {} -> {}",
-                socket.display(),
-                console.log_path().display()
-            ));
-            let console = Arc::clone(console);
-            tokio::spawn(async move { console.feed(stream).await });
-            return;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            log_line(format!(
-                "could not connect to the console {} within {}s; it is not logged",
-                socket.display(),
-                CONNECT.as_secs()
-            ));
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -640,7 +401,15 @@ fn decide(
             }
             false
         }
-        ExitMeaning::Fault | ExitMeaning::Unknown => {
+        // The status of an adopted hypervisor is unknown: restarting a guest that powered
+        // itself off would be worse than leaving a crashed one off.
+        ExitMeaning::Unknown => {
+            if policy != RestartPolicy::Always {
+                return Next::Stop;
+            }
+            false
+        }
+        ExitMeaning::Fault => {
             if policy == RestartPolicy::Never {
                 return Next::GiveUp(format!("the run ended in a {meaning}; restart = \"never\""));
             }
@@ -666,19 +435,6 @@ fn decide(
     Next::After(rules.delay(count), count)
 }
 
-/// What a run's end means: the QMP reason when QEMU gave one, else the exit status.
-fn meaning_of(reason: Option<&str>, success: bool, killed: bool) -> ExitMeaning {
-    if killed {
-        return ExitMeaning::Poweroff;
-    }
-    match reason.map(qemu::shutdown_meaning) {
-        Some(m) if m != ExitMeaning::Unknown => m,
-        // Clean exit without a reason (QMP was not connected): the guest ended itself.
-        _ if success => ExitMeaning::Poweroff,
-        _ => ExitMeaning::Fault,
-    }
-}
-
 /// The VM's task: watch runs, restart per policy, serve stop requests; always ends in
 /// `stopped` or `crashed`.
 async fn vm_task(
@@ -695,23 +451,23 @@ async fn vm_task(
     let set = |f: &dyn Fn(&mut Status)| sv.status.send_modify(|s| f(s));
     let end: Option<oneshot::Sender<Status>> = loop {
         // Wait for the run to end, or a stop.
-        let (status_text, success, killed, pending) = tokio::select! {
-            (text, ok) = run.wait() => (text, ok, false, None),
+        let (ended, killed, pending) = tokio::select! {
+            ended = run.wait() => (ended, false, None),
             Some(req) = stops.recv() => {
                 set(&|s| s.phase = Phase::Stopping);
-                let (text, ok, killed) = stop_run(&mut run, req.force, req.timeout).await;
-                (text, ok, killed, Some(req.done))
+                let (ended, killed) = stop_run(&mut run, req.force, req.timeout).await;
+                (ended, killed, Some(req.done))
             }
         };
-        let reason = run.qmp.as_ref().and_then(Qmp::shutdown_reason);
-        let meaning = meaning_of(reason.as_deref(), success, killed);
+        let reason = run.shutdown_reason();
+        let meaning = run.meaning(&ended, killed);
         let exit = Exit {
             meaning,
-            status: status_text,
+            status: ended.text,
             reason,
             killed,
         };
-        let ran = run.started.elapsed();
+        let ran = run.ran();
         tracing::info!(vm = %name, %meaning, status = %exit.status, killed, "VM exited");
         events.publish(
             "vm.exited",
@@ -781,14 +537,14 @@ async fn vm_task(
                 break Some(req.done);
             }
         }
-        match launch(&plan, &sv.console).await {
+        match launch(&plan, &sv.console, false).await {
             Ok(next_run) => {
                 run = next_run;
                 events.publish(
                     "vm.started",
                     &name,
                     None,
-                    json!({"pid": run.pid, "driver": "qemu", "accel": run.accel, "restart": restarts}),
+                    json!({"pid": run.pid, "driver": run.driver(), "accel": run.accel, "restart": restarts}),
                 );
                 set(&|s| {
                     s.phase = Phase::Running;
@@ -808,6 +564,8 @@ async fn vm_task(
         }
     };
     let _ = std::fs::remove_file(&record_path);
+    run.clean_up().await;
+    sv.console.close();
     release_taps(&plan).await;
     let final_status = sv.status.borrow().clone();
     events.publish(
@@ -831,37 +589,38 @@ async fn vm_task(
     }
 }
 
-/// Stop a run: the ACPI power button (unless `force`), up to `timeout`, then SIGKILL.
-/// Returns the exit status text, success, and whether labd killed it.
-async fn stop_run(run: &mut Run, force: bool, timeout: Duration) -> (String, bool, bool) {
+/// Stop a run: the ACPI power button (unless `force`), up to `timeout`, then forced off.
+/// Returns how it ended and whether labd forced it.
+async fn stop_run(run: &mut Run, force: bool, timeout: Duration) -> (Ended, bool) {
     if !force {
-        let pressed = match &run.qmp {
-            Some(q) => q.powerdown().await.map_err(|e| e.to_string()),
-            None => Err("no QMP connection".to_owned()),
-        };
-        match pressed {
+        match run.power_button().await {
             Ok(()) => {
                 log_line(format!(
                     "pressed the ACPI power button; waiting up to {}s",
                     timeout.as_secs()
                 ));
-                if let Ok((text, ok)) = tokio::time::timeout(timeout, run.wait()).await {
-                    return (text, ok, false);
+                if let Ok(ended) = tokio::time::timeout(timeout, run.wait()).await {
+                    return (ended, false);
                 }
                 log_line(format!(
-                    "still running after {}s: killing",
+                    "still running after {}s: forcing it off",
                     timeout.as_secs()
                 ));
             }
-            Err(e) => log_line(format!("cannot press the power button ({e}): killing")),
+            Err(e) => log_line(format!(
+                "cannot press the power button ({e}): forcing it off"
+            )),
         }
     }
-    run.kill();
+    run.force_off().await;
     match tokio::time::timeout(KILL_WAIT, run.wait()).await {
-        Ok((text, ok)) => (text, ok, true),
+        Ok(ended) => (ended, true),
         Err(_) => (
-            format!("did not exit within {}s of SIGKILL", KILL_WAIT.as_secs()),
-            false,
+            Ended {
+                text: format!("did not exit within {}s of SIGKILL", KILL_WAIT.as_secs()),
+                code: None,
+                known: false,
+            },
             true,
         ),
     }
@@ -943,21 +702,13 @@ mod tests {
     }
 
     #[test]
-    fn exit_meaning_prefers_the_qmp_reason() {
+    fn an_unknown_end_restarts_only_under_always() {
+        for p in [RestartPolicy::Never, RestartPolicy::OnFailure] {
+            assert_eq!(decide(ExitMeaning::Unknown, p, RULES, 0, SHORT), Next::Stop);
+        }
         assert_eq!(
-            meaning_of(Some("guest-reset"), true, false),
-            ExitMeaning::Reboot
+            decide(ExitMeaning::Unknown, RestartPolicy::Always, RULES, 0, SHORT),
+            Next::After(Duration::from_secs(1), 1)
         );
-        assert_eq!(
-            meaning_of(Some("guest-shutdown"), true, false),
-            ExitMeaning::Poweroff
-        );
-        assert_eq!(
-            meaning_of(Some("guest-panic"), true, false),
-            ExitMeaning::Fault
-        );
-        assert_eq!(meaning_of(None, false, false), ExitMeaning::Fault);
-        assert_eq!(meaning_of(None, true, false), ExitMeaning::Poweroff);
-        assert_eq!(meaning_of(None, false, true), ExitMeaning::Poweroff);
     }
 }

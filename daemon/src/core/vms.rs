@@ -174,8 +174,14 @@ fn start_plan(
     super::supervise::StartPlan {
         spec,
         dir: PathBuf::from(&row.mountpoint),
-        accel: vms.accel,
-        kernel_dir: vms.kernel_dir.clone(),
+        driver: if vms.driver == "bhyve" {
+            super::hypervisor::Driver::Bhyve
+        } else {
+            super::hypervisor::Driver::Qemu {
+                accel: vms.accel,
+                kernel_dir: vms.kernel_dir.clone(),
+            }
+        },
         rules: vms.restart,
         switches: switches.clone(),
         host: Arc::clone(host),
@@ -753,7 +759,6 @@ impl Core {
     /// hypervisor and leaves the VM under the supervisor's watch (QEMU only so far).
     pub async fn start_vm(&self, name: &str, actor: Option<Actor>) -> Result<Job, Error> {
         let host = self.host();
-        super::supervise::check_driver(&host.config.vms.driver)?;
         let (row, spec) = vm_spec(&host, name).await?;
         self.switches.check_nics(&host, &spec).await?;
         let plan = start_plan(&host, &self.switches, &row, spec);
@@ -782,7 +787,7 @@ impl Core {
         // Bridges do not survive a host reboot, and taps of VMs that do not run (now that the
         // survivors are adopted) are leftovers.
         self.restore_network().await;
-        if boot.is_empty() || super::supervise::check_driver(&host.config.vms.driver).is_err() {
+        if boot.is_empty() {
             return;
         }
         let mut boot = boot;
@@ -866,7 +871,6 @@ impl Core {
         actor: Option<Actor>,
     ) -> Result<Job, Error> {
         let host = self.host();
-        super::supervise::check_driver(&host.config.vms.driver)?;
         let (row, spec) = vm_spec(&host, name).await?;
         self.switches.check_nics(&host, &spec).await?;
         let plan = start_plan(&host, &self.switches, &row, spec);

@@ -13,4 +13,5 @@ pub mod qemu;
 pub mod qmp;
 pub mod runner;
 pub mod seed;
+pub mod tty;
 pub mod zfs;
