@@ -156,6 +156,9 @@ pub struct LabOptions {
     /// More TOML tables appended to the configuration (`[policies.x]`, `[schedule]`);
     /// `{dir}` stands for the lab's scratch directory.
     pub tables: String,
+    /// A directory (`{dir}` as above) put first on labd's PATH: recording stand-ins for
+    /// programs only FreeBSD has.
+    pub path_first: Option<String>,
 }
 
 /// A pool, a root dataset and a labd serving them.
@@ -173,6 +176,7 @@ pub struct Lab {
     pub config: PathBuf,
     bins: PathBuf,
     labd: Option<Child>,
+    path_first: Option<PathBuf>,
 }
 
 impl Lab {
@@ -222,7 +226,12 @@ impl Lab {
             config,
             bins,
             labd: None,
+            path_first: None,
         };
+        lab.path_first = opts
+            .path_first
+            .as_ref()
+            .map(|p| PathBuf::from(p.replace("{dir}", &lab.dir.display().to_string())));
         lab.write_config(&lab.root.clone(), &opts);
         lab.spawn_labd();
         lab
@@ -244,7 +253,12 @@ impl Lab {
     /// Start labd and wait until it answers.
     pub fn spawn_labd(&mut self) {
         let log = fs::File::create(self.dir.join("labd.log")).expect("log file");
-        let child = Command::new(self.bins.join("labd"))
+        let mut cmd = Command::new(self.bins.join("labd"));
+        if let Some(first) = &self.path_first {
+            let path = std::env::var("PATH").unwrap_or_default();
+            cmd.env("PATH", format!("{}:{path}", first.display()));
+        }
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .env("LABD_LOG", "debug")
