@@ -1,8 +1,10 @@
 #!/bin/sh
 # Set up and run labd on a fresh Debian 12 machine (as root), on an embedded default: a
-# file-backed zfs-fuse pool under /var/lib/labd, a `production` snapshot policy, and NFS exports
-# served by nfs-ganesha (NFSv4 on 127.0.0.1:2049). labd serves /var/run/labd.sock until
-# Ctrl-C; labctl then works from a second terminal.
+# file-backed zfs-fuse pool under /var/lib/labd, a `production` snapshot policy, NFS exports
+# served by nfs-ganesha (NFSv4 on 127.0.0.1:2049), and VMs under QEMU (software emulation)
+# with the tiny test guest built into /var/cache/labd-test-guest. labd serves
+# /var/run/labd.sock until Ctrl-C (which also stops its VMs); labctl then works from a second
+# terminal.
 set -eu
 cd "$(dirname "$0")/../.."
 
@@ -26,8 +28,10 @@ trap cleanup EXIT INT TERM
 
 cargo build --release --locked --bins
 install -m 755 target/release/labctl /usr/local/bin/labctl
+# The tiny guest the `tiny` template boots (a Debian kernel and a busybox initramfs).
+GUEST=$(sh tests/env/build-test-guest.sh /var/cache/labd-test-guest)
 
-mkdir -p "$STATE"
+mkdir -p "$STATE" "$STATE/images"
 if ! zpool list -H -o name "$POOL" >/dev/null 2>&1; then
     if ! zpool import -d "$STATE" "$POOL" >/dev/null 2>&1; then
         [ -f "$IMAGE" ] || truncate -s 4G "$IMAGE"
@@ -57,6 +61,13 @@ driver = "ganesha"
 dir = "$STATE/exports.d"
 file = "$GANESHA/exports.conf"
 pidfile = "$GANESHA/ganesha.pid"
+
+[vms]
+driver = "qemu"
+# Software emulation: works everywhere (use "auto" where KVM guests run).
+accel = "tcg"
+kernel_dir = "$GUEST"
+images_dir = "$STATE/images"
 TOML
 fi
 
