@@ -162,15 +162,25 @@ fn render_one(vm: &Vm) -> String {
             desc.push_str(&format!(" {}", output::size(size)));
         }
         if let Some(image) = &d.image {
-            desc.push_str(&format!(" (image {image}, not imported yet)"));
+            desc.push_str(&format!(" (from image {image})"));
         }
         rows.push((format!("disk{i}"), desc));
     }
     for (i, n) in vm.nics.iter().enumerate() {
+        let address = n.address.as_deref().unwrap_or("dhcp");
         rows.push((
             format!("nic{i}"),
-            format!("{} {} on {}", n.mac, n.model, n.switch),
+            format!("{} {} on {}, {address}", n.mac, n.model, n.switch),
         ));
+    }
+    if vm.restarts > 0 {
+        rows.push(("restarts".to_owned(), vm.restarts.to_string()));
+    }
+    if let Some(message) = &vm.message {
+        rows.push(("message".to_owned(), message.clone()));
+    }
+    if let Some(key) = &vm.ssh_host_key {
+        rows.push(("ssh host key".to_owned(), key.clone()));
     }
     if let Some(error) = &vm.error {
         rows.push(("error".to_owned(), error.clone()));
