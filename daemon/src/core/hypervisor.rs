@@ -278,6 +278,21 @@ impl Run {
     }
 }
 
+/// Destroy the kernel instance a bhyve VM left behind when its process is gone (labd and
+/// bhyve both died, or the host did not clean up): the VM is not running, so `/dev/vmm/NAME`
+/// only holds its memory (reference/bhyve.md §10 item 6).
+pub async fn destroy_stale_instance(driver: &Driver, name: &str) {
+    if matches!(driver, Driver::Bhyve) && Path::new(&bhyve::vmm_device(name)).exists() {
+        let argv = bhyve::bhyvectl_destroy_argv(name);
+        match Runner::new(TOOL_TIMEOUT).run(&argv).await {
+            Ok(_) => tracing::info!(vm = %name, "destroyed a stale bhyve instance"),
+            Err(e) => {
+                tracing::warn!(vm = %name, error = %e, "cannot destroy a stale bhyve instance")
+            }
+        }
+    }
+}
+
 /// The meaning of an end (module docs' table).
 fn meaning_of(driver: &str, reason: Option<&str>, ended: &Ended, killed: bool) -> ExitMeaning {
     if killed {

@@ -312,6 +312,7 @@ pub(super) async fn adopt(sup: &Arc<Supervisor>, events: &EventBus, plan: StartP
         Err(why) => {
             tracing::info!(vm = %name, %why, "removing a stale run record");
             let _ = std::fs::remove_file(plan.dir.join(RUN_FILE));
+            super::hypervisor::destroy_stale_instance(&plan.driver, &name).await;
             events.publish("vm.stale", &name, None, json!({"reason": why}));
             false
         }
