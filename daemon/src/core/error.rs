@@ -96,6 +96,15 @@ pub enum Error {
     Internal(String),
 }
 
+/// A validation error: request field `field` broke rule `code`.
+pub fn invalid(field: &str, code: &'static str, message: impl Into<String>) -> Error {
+    Error::Invalid {
+        field: field.to_owned(),
+        code,
+        message: message.into(),
+    }
+}
+
 impl Error {
     /// A validation error for `field` from a name rule.
     pub fn name(field: &str, e: &NameError) -> Self {

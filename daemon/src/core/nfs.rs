@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
+use super::error::invalid;
 use super::exports::{self, CheckOptions, Export, ExportError, ExportSpec, Rule};
 use super::names::DatasetName;
 use super::{Core, Error, Host};
@@ -30,14 +31,6 @@ fn file_of(host: &Host, name: &str) -> PathBuf {
         .exports
         .dir
         .join(format!("{}.toml", name.replace('/', "+")))
-}
-
-fn invalid(field: &str, code: &'static str, message: impl Into<String>) -> Error {
-    Error::Invalid {
-        field: field.to_owned(),
-        code,
-        message: message.into(),
-    }
 }
 
 fn export_error(e: &exports::ExportError) -> Error {

@@ -57,6 +57,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::error::invalid;
 use super::names::DatasetName;
 use super::props::Assignment;
 use super::vmspec::VmSpec;
@@ -196,14 +197,6 @@ pub fn validate_ifname(name: &str) -> Result<(), String> {
         return Err(format!("'{name}' is not an interface name"));
     }
     Ok(())
-}
-
-fn invalid(field: &str, code: &'static str, message: impl Into<String>) -> Error {
-    Error::Invalid {
-        field: field.to_owned(),
-        code,
-        message: message.into(),
-    }
 }
 
 fn not_found(name: &str) -> Error {

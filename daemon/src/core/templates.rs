@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use super::error::invalid;
 use super::vmspec::{self, Loader, Template, VmSpec};
 use super::{Core, Error};
 use crate::host::bhyve::{self, Firmware, VmPaths};
@@ -27,14 +28,6 @@ struct Loaded {
     source: String,
     text: String,
     template: Template,
-}
-
-fn invalid(field: &str, code: &'static str, message: String) -> Error {
-    Error::Invalid {
-        field: field.to_owned(),
-        code,
-        message,
-    }
 }
 
 /// Every template by name: built-in ones, then the directory's files over them. A file that

@@ -8,17 +8,17 @@
 //! new host), no static address (two VMs must not share one: the clone's NIC uses DHCP until
 //! `vm.toml` says otherwise), and none of the source's run state or logs.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::error::invalid;
 use super::names::{self, DatasetName, SnapshotName};
 use super::vms::{
-    SPEC_FILE, VM_PROPERTY, invalid, managed, refresh_seed, refuse_existing, vm_dataset, vm_spec,
-    write_atomic,
+    SPEC_FILE, VM_PROPERTY, managed, mounted_dir, refresh_seed, refuse_existing, vm_dataset,
+    vm_spec, write_atomic,
 };
 use super::vmspec::{self, MacAddr, VmSpec};
 use super::{Core, Error, Host};
@@ -162,7 +162,7 @@ impl CloneJob {
             json!({"origin": snap.to_string(), "vm": target_name}),
         );
         let made = async {
-            let dir = mountpoint(&host, &target).await?;
+            let dir = mounted_dir(&host, &target).await?;
             for f in INSTANCE_FILES {
                 match std::fs::remove_file(dir.join(f)) {
                     Ok(()) => {}
@@ -235,24 +235,6 @@ fn clone_spec(source: &VmSpec, name: &str, uuid: Uuid) -> Result<VmSpec, Error> 
     spec.validate()
         .map_err(|e| Error::Internal(format!("the clone's spec: {e}")))?;
     Ok(spec)
-}
-
-/// The mountpoint of a freshly made dataset, which must be mounted.
-async fn mountpoint(host: &Host, ds: &DatasetName) -> Result<PathBuf, Error> {
-    let rows = host.zfs.get_props(ds, "mountpoint,mounted", false).await?;
-    let prop = |p: &str| {
-        rows.iter()
-            .find(|r| r.property == p)
-            .map(|r| r.value.clone())
-            .unwrap_or_default()
-    };
-    let mp = prop("mountpoint");
-    if !mp.starts_with('/') || prop("mounted") == "no" {
-        return Err(Error::Internal(format!(
-            "{ds} is not mounted (mountpoint={mp})"
-        )));
-    }
-    Ok(PathBuf::from(mp))
 }
 
 #[cfg(test)]

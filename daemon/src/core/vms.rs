@@ -25,6 +25,7 @@ use std::time::Duration;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::error::invalid;
 use super::names::DatasetName;
 use super::props::Assignment;
 use super::vmspec::{self, ByteSize, SpecError, VmSpec};
@@ -40,14 +41,6 @@ pub(super) const VM_PROPERTY: &str = "labd:vm";
 pub(super) const SPEC_FILE: &str = "vm.toml";
 /// Properties read to list VMs.
 const VM_PROPERTIES: &str = "mountpoint,labd:managed,labd:vm";
-
-pub(super) fn invalid(field: &str, code: &'static str, message: impl Into<String>) -> Error {
-    Error::Invalid {
-        field: field.to_owned(),
-        code,
-        message: message.into(),
-    }
-}
 
 fn not_found(name: &str) -> Error {
     Error::NotFound {
@@ -117,6 +110,32 @@ pub(super) struct VmRow {
     mountpoint: String,
     managed: bool,
     uuid: Option<String>,
+}
+
+impl VmRow {
+    /// The VM's name: the last component of its dataset.
+    fn name(&self) -> &str {
+        self.dataset.rsplit('/').next().unwrap_or_default()
+    }
+}
+
+/// The datasets directly below `<root>/<vm_root>` (none when it does not exist yet).
+async fn vm_datasets(host: &Host) -> Result<Vec<VmRow>, Error> {
+    let root = vm_root(host)?;
+    let rows = match host.zfs.get_props(&root, VM_PROPERTIES, true).await {
+        Ok(rows) => rows,
+        Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let prefix = format!("{root}/");
+    Ok(vm_rows(&rows)
+        .into_iter()
+        .filter(|v| {
+            v.dataset
+                .strip_prefix(&prefix)
+                .is_some_and(|rest| !rest.contains('/'))
+        })
+        .collect())
 }
 
 /// Fold rows of `zfs get` into one entry per dataset, in ZFS order.
@@ -213,12 +232,7 @@ fn read_spec(name: &str, row: &VmRow) -> Result<(String, VmSpec), String> {
 
 /// The wire form of one VM dataset: from its spec, or `broken` with the reason.
 fn vm_info(row: &VmRow, with_text: bool) -> wire::Vm {
-    let name = row
-        .dataset
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let name = row.name().to_owned();
     match read_spec(&name, row) {
         Ok((text, spec)) => wire::Vm {
             name,
@@ -508,20 +522,8 @@ async fn create_vm_job(
         json!({"vm": name.as_str()}),
     );
     let written = async {
-        let rows = host.zfs.get_props(&ds, "mountpoint,mounted", false).await?;
-        let prop = |p: &str| {
-            rows.iter()
-                .find(|r| r.property == p)
-                .map(|r| r.value.clone())
-                .unwrap_or_default()
-        };
-        let mountpoint = prop("mountpoint");
-        if !mountpoint.starts_with('/') || prop("mounted") == "no" {
-            return Err(Error::Internal(format!(
-                "{ds} is not mounted (mountpoint={mountpoint}): cannot write its {SPEC_FILE}"
-            )));
-        }
-        let dir = PathBuf::from(&mountpoint);
+        let dir = mounted_dir(&host, &ds).await?;
+        let mountpoint = dir.display().to_string();
         let mut disks = write_files(&dir, &spec, &text)?;
         for (i, src) in &images {
             let disk = &spec.disks[*i];
@@ -569,6 +571,24 @@ async fn create_vm_job(
         "disks": disks,
         "ssh_host_key": host_key,
     }))
+}
+
+/// The mountpoint of a VM's dataset, which must be mounted: labd writes the VM's files there.
+pub(super) async fn mounted_dir(host: &Host, ds: &DatasetName) -> Result<PathBuf, Error> {
+    let rows = host.zfs.get_props(ds, "mountpoint,mounted", false).await?;
+    let prop = |p: &str| {
+        rows.iter()
+            .find(|r| r.property == p)
+            .map(|r| r.value.clone())
+            .unwrap_or_default()
+    };
+    let mountpoint = prop("mountpoint");
+    if !mountpoint.starts_with('/') || prop("mounted") == "no" {
+        return Err(Error::Internal(format!(
+            "{ds} is not mounted (mountpoint={mountpoint}): cannot write its {SPEC_FILE}"
+        )));
+    }
+    Ok(PathBuf::from(mountpoint))
 }
 
 /// Refuse when the VM's dataset already exists (code `exists`, status 409 like ZFS's own).
@@ -714,20 +734,9 @@ impl Core {
     /// Every VM: the datasets directly below `<root>/<vm_root>`, each with its `vm.toml`.
     pub async fn list_vms(&self) -> Result<Vec<wire::Vm>, Error> {
         let host = self.host();
-        let root = vm_root(&host)?;
-        let rows = match host.zfs.get_props(&root, VM_PROPERTIES, true).await {
-            Ok(rows) => rows,
-            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let prefix = format!("{root}/");
-        let mut vms: Vec<wire::Vm> = vm_rows(&rows)
+        let mut vms: Vec<wire::Vm> = vm_datasets(&host)
+            .await?
             .iter()
-            .filter(|v| {
-                v.dataset
-                    .strip_prefix(&prefix)
-                    .is_some_and(|rest| !rest.contains('/'))
-            })
             .map(|v| self.with_status(vm_info(v, false)))
             .collect();
         vms.sort_by(|a, b| a.name.cmp(&b.name));
@@ -809,33 +818,16 @@ impl Core {
     /// Re-adopt the VMs that still run (or clean their stale records); returns the plans of
     /// the `autostart` VMs that do not run.
     async fn adopt_vms(&self, host: &Arc<Host>) -> Vec<super::supervise::StartPlan> {
-        let Ok(root) = vm_root(host) else {
-            return Vec::new();
-        };
-        let rows = match host.zfs.get_props(&root, VM_PROPERTIES, true).await {
+        let rows = match vm_datasets(host).await {
             Ok(rows) => rows,
             Err(e) => {
-                if !is_not_found(&e) {
-                    tracing::warn!(error = %e, "cannot list VMs at start");
-                }
+                tracing::warn!(error = %e, "cannot list VMs at start");
                 return Vec::new();
             }
         };
-        let prefix = format!("{root}/");
         let mut boot = Vec::new();
-        for row in vm_rows(&rows).into_iter().filter(|v| {
-            v.managed
-                && v.dataset
-                    .strip_prefix(&prefix)
-                    .is_some_and(|rest| !rest.contains('/'))
-        }) {
-            let name = row
-                .dataset
-                .rsplit('/')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            let Ok((_, spec)) = read_spec(&name, &row) else {
+        for row in rows.into_iter().filter(|v| v.managed) {
+            let Ok((_, spec)) = read_spec(row.name(), &row) else {
                 continue;
             };
             let plan = start_plan(host, &self.switches, &row, spec);
