@@ -22,7 +22,7 @@ pub(super) struct Broker {
 }
 
 impl Broker {
-    fn start() -> Self {
+    pub(super) fn start() -> Self {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("labd-mqtt-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -95,7 +95,7 @@ impl Broker {
     }
 
     /// The `[mqtt]` table of a labd publishing under `prefix` to this broker.
-    fn labd_table(&self, prefix: &str) -> String {
+    pub(super) fn labd_table(&self, prefix: &str) -> String {
         format!(
             "[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\ntopic_prefix = \"{prefix}\"\n\
              client_id = \"{}\"\ninterval = \"2s\"\nhome_assistant = true\n",

@@ -5,11 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use labd_e2e::Lab;
+use labd_e2e::{Lab, LabOptions};
 use nix::sys::signal::Signal;
 
 use super::metrics::{promtool_check, scrape_socket, scrape_until, value};
-use super::mqtt::{Broker, bounded_sub, json, mqtt_lab_with, wait_status};
+use super::mqtt::{Broker, bounded_sub, json, wait_status};
 
 /// `labctl vm info NAME` until `f` holds (at most 60 s).
 fn wait_info(lab: &Lab, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
@@ -57,12 +57,22 @@ fn binary_sensor_configs(broker: &Broker) -> Vec<(String, String)> {
 #[test]
 fn a_vm_restart_shows_in_metrics_and_on_mqtt() {
     let guest = labd_e2e::test_guest_dir();
-    // No periodic metrics refresh: after the create, every VM figure below comes from events.
-    let (broker, lab, prefix) = mqtt_lab_with(&format!(
-        "[vms]\ndriver = \"qemu\"\naccel = \"tcg\"\nkernel_dir = \"{}\"\n\
-         restart_backoff = \"200ms\"\n\n[metrics]\nrefresh = \"1h\"\n",
-        guest.display()
-    ));
+    // No periodic refresh, of the metrics or of MQTT: after the create (whose events cause
+    // one), every VM state below comes from the VM events.
+    let broker = Broker::start();
+    let prefix = format!("test/labd/vm_{}", std::process::id());
+    let mqtt = broker
+        .labd_table(&prefix)
+        .replace("interval = \"2s\"", "interval = \"1h\"");
+    assert!(mqtt.contains("interval = \"1h\""), "{mqtt}");
+    let lab = Lab::start_with(LabOptions {
+        tables: format!(
+            "{mqtt}\n[vms]\ndriver = \"qemu\"\naccel = \"tcg\"\nkernel_dir = \"{}\"\n\
+             restart_backoff = \"200ms\"\n\n[metrics]\nrefresh = \"1h\"\n",
+            guest.display()
+        ),
+        ..LabOptions::default()
+    });
     wait_status(&broker, &lab, &prefix, "online", Duration::from_secs(15));
     let follow = broker.follow(&prefix);
     let topic = format!("{prefix}/vms/t/state");
