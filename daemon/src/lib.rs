@@ -21,4 +21,5 @@ mod events;
 mod host;
 mod metrics;
 mod mqtt;
+mod vmstate;
 pub mod wire;

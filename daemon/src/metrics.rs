@@ -5,9 +5,12 @@
 //!   one `zfs get -Hp -r` over the root, datasets and snapshots together) at start, every
 //!   `[metrics] refresh`, and soon after labd's own changes (debounced: at most one refresh
 //!   a second). Each refresh renders its families to text once and swaps that in whole, so a
-//!   scrape never waits on ZFS and costs the same with 10 or 10,000 datasets;
+//!   scrape never waits on ZFS and costs the same with 10 or 10,000 datasets. The same
+//!   refresh reads the VM list (`Core::list_vms`) into a [`VmTable`];
 //! - the event bus, consumed by [`run`]: jobs by kind and outcome with their durations,
-//!   policy runs, every event by kind;
+//!   policy runs, every event by kind, and the VM events folded into the [`VmTable`] (state
+//!   changes at once, restarts, exits and crashes counted), rendered at scrape time from
+//!   memory;
 //! - direct calls: [`Metrics::observe_request`] from the API middleware, the MQTT counters.
 //!
 //! Nothing polls: between refreshes the task sleeps on the event bus and a timer.
@@ -23,7 +26,8 @@ use tokio::sync::{broadcast, watch};
 
 use crate::core::Core;
 use crate::host::zfs::{PoolRow, PropRow};
-use crate::wire::Event;
+use crate::vmstate::{self, VmTable};
+use crate::wire::{self, Event};
 
 /// Upper bounds (seconds) of the API latency histogram buckets.
 pub const API_BUCKETS: &[f64] = &[
@@ -205,6 +209,8 @@ pub struct Metrics {
     api: Mutex<HashMap<String, RouteStats>>,
     events: Mutex<EventStats>,
     inventory: Mutex<Arc<Inventory>>,
+    /// The VMs: the last list with the VM events since.
+    vms: Mutex<VmTable>,
     mqtt_dropped: AtomicU64,
     mqtt_connected: AtomicBool,
     started: Timestamp,
@@ -216,6 +222,7 @@ impl Default for Metrics {
             api: Mutex::default(),
             events: Mutex::default(),
             inventory: Mutex::default(),
+            vms: Mutex::default(),
             mqtt_dropped: AtomicU64::new(0),
             mqtt_connected: AtomicBool::new(false),
             started: Timestamp::now(),
@@ -291,11 +298,12 @@ impl Metrics {
 
         out.push_str(&inventory.pools);
         out.push_str(&inventory.datasets);
+        render_vms(&mut out, &lock(&self.vms));
         header(
             &mut out,
             "labd_inventory_refreshes_total",
             "counter",
-            "Refreshes of the pool and dataset figures from ZFS.",
+            "Refreshes of the pool, dataset and VM figures from ZFS.",
         );
         let _ = writeln!(
             out,
@@ -306,7 +314,7 @@ impl Metrics {
             &mut out,
             "labd_inventory_refresh_errors_total",
             "counter",
-            "Refreshes in which zpool list or zfs get failed (the previous figures were kept).",
+            "Refreshes in which zpool list or a zfs get failed (the previous figures were kept).",
         );
         let _ = writeln!(
             out,
@@ -538,8 +546,11 @@ impl Metrics {
         self.mqtt_connected.store(connected, Ordering::Relaxed);
     }
 
-    /// Count one event from the bus (jobs, policy runs, events by kind).
+    /// Count one event from the bus (jobs, policy runs, events by kind, VMs).
     fn observe_event(&self, event: &Event) {
+        if event.kind.starts_with("vm.") || event.kind == "job.started" {
+            lock(&self.vms).apply(event);
+        }
         let data = &event.data;
         let mut ev = lock(&self.events);
         match ev.events.get_mut(&event.kind) {
@@ -582,6 +593,7 @@ impl Metrics {
 
     fn lagged(&self, missed: u64) {
         lock(&self.events).lagged += missed;
+        lock(&self.vms).forget_events();
     }
 
     fn swap_inventory(&self, inventory: Inventory) {
@@ -601,12 +613,14 @@ fn count(v: &serde_json::Value) -> u64 {
     }
 }
 
-/// Whether an event means the pool or dataset figures changed.
+/// Whether an event means the pool, dataset or VM figures changed.
 fn changes_inventory(kind: &str) -> bool {
     kind.starts_with("dataset.")
         || kind.starts_with("snapshot.")
-        || kind == "policy.run.finished"
-        || kind == "config.reloaded"
+        || matches!(
+            kind,
+            "policy.run.finished" | "config.reloaded" | "vm.created" | "vm.destroyed"
+        )
 }
 
 /// Render the `labd_pool_*` families.
@@ -749,14 +763,115 @@ fn render_datasets(rows: &[PropRow]) -> String {
     out
 }
 
-/// Read the pools and datasets from ZFS and build the next inventory from the last one.
-async fn refresh(core: &Core, previous: &Inventory) -> Inventory {
+/// Append the `labd_vm_*` families: a few series per VM, whose state and counters are
+/// bounded sets ([`vmstate::STATES`], [`vmstate::MEANINGS`]), so cardinality grows with the
+/// number of VMs only.
+fn render_vms(out: &mut String, table: &VmTable) {
+    let vms: Vec<(String, &vmstate::VmView)> =
+        table.iter().map(|v| (escape_label(&v.name), v)).collect();
+    header(
+        out,
+        "labd_vm_info",
+        "gauge",
+        "A VM labd knows (always 1); its template and uuid are in the labels.",
+    );
+    for (vm, v) in &vms {
+        let _ = writeln!(
+            out,
+            "labd_vm_info{{vm=\"{vm}\",template=\"{}\",uuid=\"{}\"}} 1",
+            escape_label(&v.template),
+            escape_label(v.uuid.as_deref().unwrap_or_default())
+        );
+    }
+    header(
+        out,
+        "labd_vm_state",
+        "gauge",
+        "1 for the VM's state (running, stopping, restarting, stopped, crashed, broken), 0 for the others.",
+    );
+    for (vm, v) in &vms {
+        for state in vmstate::STATES {
+            let on = u8::from(v.state == *state);
+            let _ = writeln!(out, "labd_vm_state{{vm=\"{vm}\",state=\"{state}\"}} {on}");
+        }
+        if !vmstate::STATES.contains(&v.state.as_str()) {
+            let _ = writeln!(
+                out,
+                "labd_vm_state{{vm=\"{vm}\",state=\"{}\"}} 1",
+                escape_label(&v.state)
+            );
+        }
+    }
+    type Get = fn(&vmstate::VmView) -> Option<String>;
+    let families: [(&str, &str, &str, Get); 6] = [
+        (
+            "labd_vm_up",
+            "gauge",
+            "1 while the VM's hypervisor runs (state running or stopping), else 0.",
+            |v| Some(u8::from(v.up()).to_string()),
+        ),
+        ("labd_vm_cpus", "gauge", "vCPUs of the VM (vm.toml).", |v| {
+            v.cpus.map(|n| n.to_string())
+        }),
+        (
+            "labd_vm_memory_bytes",
+            "gauge",
+            "Memory of the VM (vm.toml).",
+            |v| v.memory.map(|n| n.to_string()),
+        ),
+        (
+            "labd_vm_restarts_total",
+            "counter",
+            "Restarts of the VM by labd's supervisor (reboots and restarts after a failure).",
+            |v| Some(v.restarts_total.to_string()),
+        ),
+        (
+            "labd_vm_crashes_total",
+            "counter",
+            "Times the supervisor gave up on the VM (state crashed: the crash-loop limit, a fault under restart = never, a failed restart).",
+            |v| Some(v.crashes_total.to_string()),
+        ),
+        (
+            "labd_vm_start_timestamp_seconds",
+            "gauge",
+            "When labd last started the VM's hypervisor (restarts included), Unix time.",
+            |v| v.started_at.map(|t| float(unix_seconds(t))),
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        header(out, name, kind, help);
+        for (vm, v) in &vms {
+            if let Some(value) = get(v) {
+                let _ = writeln!(out, "{name}{{vm=\"{vm}\"}} {value}");
+            }
+        }
+    }
+    header(
+        out,
+        "labd_vm_exits_total",
+        "counter",
+        "Ended runs of the VM's hypervisor, by what the end meant (poweroff, reboot, halt, fault, unknown).",
+    );
+    for (vm, v) in &vms {
+        for (meaning, n) in vmstate::MEANINGS.iter().zip(v.exits_total) {
+            let _ = writeln!(
+                out,
+                "labd_vm_exits_total{{vm=\"{vm}\",meaning=\"{meaning}\"}} {n}"
+            );
+        }
+    }
+}
+
+/// Read the pools, datasets and VMs from ZFS and build the next inventory from the last one;
+/// the VM list is handed back for the [`VmTable`] (`None` when it could not be read).
+async fn refresh(core: &Core, previous: &Inventory) -> (Inventory, Option<Vec<wire::Vm>>) {
     let started = Instant::now();
     let host = core.host();
-    let (pools, rows) = tokio::join!(
+    let (pools, rows, vms) = tokio::join!(
         host.zfs.pools(),
         host.zfs
-            .get_with_snapshots(&host.config.zfs.root, INVENTORY_PROPERTIES, true)
+            .get_with_snapshots(&host.config.zfs.root, INVENTORY_PROPERTIES, true),
+        core.list_vms()
     );
     let mut failed = false;
     let pools = match pools {
@@ -775,18 +890,27 @@ async fn refresh(core: &Core, previous: &Inventory) -> Inventory {
             Arc::clone(&previous.datasets)
         }
     };
-    Inventory {
+    let vms = match vms {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: cannot list the VMs");
+            failed = true;
+            None
+        }
+    };
+    let inventory = Inventory {
         pools,
         datasets,
         at: Some(Timestamp::now()),
         duration: started.elapsed().as_secs_f64(),
         errors: previous.errors + u64::from(failed),
         refreshes: previous.refreshes + 1,
-    }
+    };
+    (inventory, vms)
 }
 
 /// A refresh in progress.
-type Refresh = std::pin::Pin<Box<dyn Future<Output = Inventory> + Send>>;
+type Refresh = std::pin::Pin<Box<dyn Future<Output = (Inventory, Option<Vec<wire::Vm>>)> + Send>>;
 
 /// Keep the figures fresh until `stop`.
 pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
@@ -808,7 +932,7 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                     break;
                 }
             }
-            inventory = async {
+            (inventory, vms) = async {
                 match running.as_mut() {
                     Some(refresh) => refresh.await,
                     None => std::future::pending().await,
@@ -816,6 +940,7 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             } => {
                 running = None;
                 metrics.swap_inventory(inventory);
+                lock(&metrics.vms).finish_resync(vms);
                 let interval = core.host().config.metrics.refresh.max(MIN_INTERVAL);
                 let periodic = last_start.unwrap_or_else(tokio::time::Instant::now) + interval;
                 due = if dirty { soon(last_start).min(periodic) } else { periodic };
@@ -844,6 +969,8 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             },
             () = tokio::time::sleep_until(due), if running.is_none() => {
                 last_start = Some(tokio::time::Instant::now());
+                // VMs created or destroyed from now on are replayed over the list read.
+                lock(&metrics.vms).begin_resync();
                 let core = Arc::clone(&core);
                 let previous = metrics.inventory();
                 running = Some(Box::pin(async move { refresh(&core, &previous).await }));
@@ -961,6 +1088,84 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(types.len(), unique.len());
+    }
+
+    #[test]
+    fn vm_families_follow_the_events() {
+        let m = Metrics::default();
+        let at = |s| Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH);
+        let vm_event = |kind: &str, vm: &str, time, data| Event {
+            seq: 1,
+            time: at(time),
+            kind: kind.to_owned(),
+            resource: vm.to_owned(),
+            actor: None,
+            data,
+        };
+        m.observe_event(&vm_event(
+            "vm.created",
+            "we\"b",
+            1_700_000_000,
+            serde_json::json!({"uuid": "u1", "template": "tiny"}),
+        ));
+        m.observe_event(&vm_event(
+            "vm.started",
+            "we\"b",
+            1_700_000_005,
+            serde_json::json!({"pid": 9}),
+        ));
+        m.observe_event(&vm_event(
+            "vm.exited",
+            "we\"b",
+            1_700_000_006,
+            serde_json::json!({"meaning": "fault"}),
+        ));
+        m.observe_event(&vm_event(
+            "vm.restarting",
+            "we\"b",
+            1_700_000_006,
+            serde_json::json!({"meaning": "fault", "delay_ms": 2000, "attempt": 1}),
+        ));
+        m.observe_event(&vm_event(
+            "vm.created",
+            "db",
+            1_700_000_007,
+            serde_json::json!({}),
+        ));
+        let text = m.render();
+        for line in [
+            "labd_vm_info{vm=\"we\\\"b\",template=\"tiny\",uuid=\"u1\"} 1",
+            "labd_vm_info{vm=\"db\",template=\"\",uuid=\"\"} 1",
+            "labd_vm_state{vm=\"we\\\"b\",state=\"restarting\"} 1",
+            "labd_vm_state{vm=\"we\\\"b\",state=\"running\"} 0",
+            "labd_vm_state{vm=\"db\",state=\"stopped\"} 1",
+            "labd_vm_up{vm=\"we\\\"b\"} 0",
+            "labd_vm_restarts_total{vm=\"we\\\"b\"} 1",
+            "labd_vm_exits_total{vm=\"we\\\"b\",meaning=\"fault\"} 1",
+            "labd_vm_exits_total{vm=\"we\\\"b\",meaning=\"poweroff\"} 0",
+            "labd_vm_exits_total{vm=\"db\",meaning=\"fault\"} 0",
+            "labd_vm_crashes_total{vm=\"db\"} 0",
+            "labd_vm_start_timestamp_seconds{vm=\"we\\\"b\"} 1700000005",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        // Unknown until the list says: no series rather than a wrong one.
+        assert!(!text.contains("labd_vm_cpus{"), "{text}");
+        assert!(!text.contains("labd_vm_start_timestamp_seconds{vm=\"db\"}"));
+        let series = |t: &str| t.lines().filter(|l| l.starts_with("labd_vm_")).count();
+        // info, 6 states, up, restarts, crashes, start, 5 exits; db has no start time.
+        assert_eq!(series(&text), 2 * 16 - 1, "{text}");
+
+        // A destroyed VM's series go, counters included.
+        m.observe_event(&vm_event(
+            "vm.destroyed",
+            "we\"b",
+            1_700_000_009,
+            serde_json::json!({}),
+        ));
+        let text = m.render();
+        assert!(!text.contains("we\\\"b"), "{text}");
+        assert_eq!(series(&text), 15, "{text}");
     }
 
     #[test]

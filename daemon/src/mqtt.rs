@@ -12,13 +12,20 @@
 //!                                           ('/' in the name are topic levels:
 //!                                            <prefix>/dataset/tank/labd/photos)
 //! <prefix>/export/<export name>   retained  the Export object of GET /v1/exports
+//! <prefix>/vms/<name>/state       retained  {name, uuid, template, state, pid, last_exit,
+//!                                            restarts, message, cpus, memory}
 //! <prefix>/events                 live      every Event of GET /v1/events, as JSON
 //! homeassistant/sensor/labd_<host>_<pool>_capacity/config
+//! homeassistant/binary_sensor/labd_<host>_vm_<vm>_running/config
 //!                                 retained  Home Assistant discovery (`home_assistant = true`)
 //! ```
 //!
-//! A dataset, export or pool that goes away has its topic cleared (an empty retained
+//! A dataset, export, pool or VM that goes away has its topic cleared (an empty retained
 //! message). Everything is published with QoS 1.
+//!
+//! A VM's state document follows its events at once (`vmstate`: the VM list read at each
+//! refresh, with the `vm.*` events folded in), with no ZFS read in between: a crash, a
+//! restart or a stop is on the broker as soon as the supervisor publishes it.
 //!
 //! The broker never holds labd up: publishing is `try_publish` into a queue of
 //! `[mqtt] buffer` messages that the connection task drains; when the queue is full (the
@@ -48,6 +55,7 @@ use crate::config::MqttConfig;
 use crate::core::Core;
 use crate::core::names::DatasetName;
 use crate::host::zfs::PropRow;
+use crate::vmstate::{Change, VmTable, VmView};
 use crate::wire;
 
 /// Properties of the dataset documents (one `zfs get -r`).
@@ -119,12 +127,14 @@ pub async fn run(core: Arc<Core>, config: MqttConfig, mut stop: watch::Receiver<
             event = events.recv() => match event {
                 Ok(event) => {
                     publisher.event(&event);
+                    publisher.vm_event(&event);
                     if changes_state(&event.kind) {
                         refresh.request();
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
                     core.metrics.mqtt_dropped(n);
+                    publisher.vms.forget_events();
                     refresh.request();
                 }
                 Err(RecvError::Closed) => break,
@@ -149,7 +159,7 @@ pub async fn run(core: Arc<Core>, config: MqttConfig, mut stop: watch::Receiver<
         }
         core.metrics.mqtt_dropped(publisher.take_dropped());
     }
-    forward_last_events(&core, &mut events, &publisher).await;
+    forward_last_events(&core, &mut events, &mut publisher).await;
     core.metrics.mqtt_dropped(publisher.take_dropped());
     finish(&publisher, &link_rx, poller).await;
 }
@@ -268,7 +278,7 @@ fn changes_state(kind: &str) -> bool {
         || kind.starts_with("export.")
         || matches!(
             kind,
-            "exports.applied" | "policy.run.finished" | "config.reloaded"
+            "exports.applied" | "policy.run.finished" | "config.reloaded" | "vm.created"
         )
 }
 
@@ -310,6 +320,11 @@ impl Topics {
     fn export(&self, name: &str) -> String {
         self.section("export") + name
     }
+
+    /// A VM's state document.
+    fn vm(&self, name: &str) -> String {
+        format!("{}{name}/state", self.section("vms"))
+    }
 }
 
 /// Whether `topic` can be published to: not empty, no wildcard, no NUL, within MQTT's limit.
@@ -317,7 +332,7 @@ fn valid_topic(topic: &str) -> bool {
     !topic.is_empty() && topic.len() <= 65_535 && !topic.contains(['+', '#', '\0'])
 }
 
-/// Home Assistant discovery of one capacity sensor per pool.
+/// Home Assistant discovery of one capacity sensor per pool and one running sensor per VM.
 #[derive(Debug, Clone)]
 struct Discovery {
     /// The host's name made safe for discovery ids (`[A-Za-z0-9_-]`).
@@ -356,12 +371,54 @@ impl Discovery {
             "availability_topic": topics.status(),
             "payload_available": ONLINE,
             "payload_not_available": OFFLINE,
-            "device": {
-                "identifiers": [format!("labd_{}", self.host)],
-                "name": format!("labd {}", self.host),
-                "manufacturer": "labd",
-                "sw_version": env!("CARGO_PKG_VERSION"),
-            },
+            "device": self.device(),
+        })
+    }
+
+    /// The host's device, which every entity belongs to.
+    fn device(&self) -> Value {
+        json!({
+            "identifiers": [format!("labd_{}", self.host)],
+            "name": format!("labd {}", self.host),
+            "manufacturer": "labd",
+            "sw_version": env!("CARGO_PKG_VERSION"),
+        })
+    }
+
+    /// Prefix of every VM discovery topic of this host.
+    fn vm_section(&self) -> String {
+        format!("{DISCOVERY_PREFIX}/binary_sensor/labd_{}_vm_", self.host)
+    }
+
+    fn vm_unique_id(&self, vm: &str) -> String {
+        format!("labd_{}_vm_{}_running", self.host, node_id(vm))
+    }
+
+    fn vm_topic(&self, vm: &str) -> String {
+        format!(
+            "{DISCOVERY_PREFIX}/binary_sensor/{}/config",
+            self.vm_unique_id(vm)
+        )
+    }
+
+    /// A binary sensor that is on while the VM's hypervisor runs (as `labd_vm_up`), with the
+    /// state document's fields as attributes.
+    fn vm_config(&self, topics: &Topics, vm: &str) -> Value {
+        json!({
+            "name": format!("{vm} running"),
+            "unique_id": self.vm_unique_id(vm),
+            "state_topic": topics.vm(vm),
+            "value_template":
+                "{{ 'ON' if value_json.state in ['running', 'stopping'] else 'OFF' }}",
+            "payload_on": "ON",
+            "payload_off": "OFF",
+            "device_class": "running",
+            "json_attributes_topic": topics.vm(vm),
+            "icon": "mdi:server",
+            "availability_topic": topics.status(),
+            "payload_available": ONLINE,
+            "payload_not_available": OFFLINE,
+            "device": self.device(),
         })
     }
 }
@@ -416,6 +473,8 @@ struct Publisher {
     published: BTreeMap<String, Option<String>>,
     /// Messages dropped since the last [`Publisher::take_dropped`].
     dropped: AtomicU64,
+    /// The VMs: the last list with the VM events since.
+    vms: VmTable,
 }
 
 impl Publisher {
@@ -426,6 +485,7 @@ impl Publisher {
             discovery,
             published: BTreeMap::new(),
             dropped: AtomicU64::new(0),
+            vms: VmTable::default(),
         }
     }
 
@@ -487,10 +547,41 @@ impl Publisher {
         }
     }
 
+    /// Fold a VM event in and publish what it changed: the VM's state document (and its
+    /// discovery config, new VMs), or the clearing of both (a destroyed VM).
+    fn vm_event(&mut self, event: &wire::Event) {
+        match self.vms.apply(event) {
+            Some(Change::Updated(name)) => {
+                let Some(vm) = self.vms.get(&name) else {
+                    return;
+                };
+                for (topic, payload) in vm_docs(&self.topics, self.discovery.as_ref(), vm) {
+                    let known = self.published.get(&topic).and_then(Option::as_deref);
+                    if known == Some(payload.as_str()) || !valid_topic(&topic) {
+                        continue;
+                    }
+                    let sent = self.send(&topic, &payload);
+                    self.published.insert(topic, sent.then_some(payload));
+                }
+            }
+            Some(Change::Removed(name)) => {
+                let mut topics = vec![self.topics.vm(&name)];
+                topics.extend(self.discovery.as_ref().map(|d| d.vm_topic(&name)));
+                for topic in topics {
+                    // Kept when it cannot be sent: the next refresh clears it.
+                    if self.published.contains_key(&topic) && self.send(&topic, "") {
+                        self.published.remove(&topic);
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
     /// Read the state and publish it: every document with `all`, else only what changed;
     /// clear the topics of what is gone. False when something was dropped.
     async fn refresh(&mut self, core: &Core, all: bool) -> bool {
-        let state = read_state(core, &self.topics, self.discovery.as_ref()).await;
+        let state = read_state(core, &self.topics, self.discovery.as_ref(), &mut self.vms).await;
         self.apply(&state, all)
     }
 
@@ -524,9 +615,14 @@ impl Publisher {
     }
 }
 
-/// The retained documents: status, pools (and their discovery), datasets, exports. A section
-/// that cannot be read is logged and left as it was.
-async fn read_state(core: &Core, topics: &Topics, discovery: Option<&Discovery>) -> State {
+/// The retained documents: status, pools (and their discovery), datasets, exports, VMs (and
+/// their discovery). A section that cannot be read is logged and left as it was.
+async fn read_state(
+    core: &Core,
+    topics: &Topics,
+    discovery: Option<&Discovery>,
+    vms: &mut VmTable,
+) -> State {
     let mut state = State::default();
     state.docs.push((topics.status(), ONLINE.to_owned()));
     match core.list_pools().await {
@@ -560,7 +656,35 @@ async fn read_state(core: &Core, topics: &Topics, discovery: Option<&Discovery>)
             state.failed.push(topics.section("export"));
         }
     }
+    // Events are taken in between refreshes only, so nothing is folded during this read.
+    vms.begin_resync();
+    match core.list_vms().await {
+        Ok(list) => {
+            vms.finish_resync(Some(list));
+            for vm in vms.iter() {
+                state.docs.extend(vm_docs(topics, discovery, vm));
+            }
+        }
+        Err(e) => {
+            vms.finish_resync(None);
+            tracing::warn!(error = %e, "mqtt: cannot list VMs");
+            state.failed.push(topics.section("vms"));
+            state.failed.extend(discovery.map(Discovery::vm_section));
+        }
+    }
     state
+}
+
+/// A VM's retained documents: its state, and its discovery config.
+fn vm_docs(topics: &Topics, discovery: Option<&Discovery>, vm: &VmView) -> Vec<(String, String)> {
+    let mut docs = vec![(topics.vm(&vm.name), vm.document().to_string())];
+    if let Some(d) = discovery {
+        docs.push((
+            d.vm_topic(&vm.name),
+            d.vm_config(topics, &vm.name).to_string(),
+        ));
+    }
+    docs
 }
 
 fn add_pools(
@@ -715,13 +839,15 @@ fn dataset_json(root: &DatasetName, d: &DatasetDoc, newest: Option<&Newest>) -> 
 async fn forward_last_events(
     core: &Core,
     events: &mut tokio::sync::broadcast::Receiver<wire::Event>,
-    publisher: &Publisher,
+    publisher: &mut Publisher,
 ) {
     let deadline = Instant::now() + core.host().config.daemon.shutdown_grace + STOP_EVENTS;
     loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
             Ok(Ok(event)) => {
                 publisher.event(&event);
+                // VMs stopped at shutdown.
+                publisher.vm_event(&event);
                 if event.kind == "daemon.stopped" {
                     return;
                 }
@@ -828,6 +954,7 @@ mod tests {
             "exports.applied",
             "policy.run.finished",
             "config.reloaded",
+            "vm.created",
         ] {
             assert!(changes_state(kind), "{kind}");
         }
@@ -1005,6 +1132,92 @@ mod tests {
         failed.failed.push("p/dataset/".into());
         assert!(p.apply(&failed, false));
         assert!(p.published.contains_key("p/dataset/a"));
+    }
+
+    fn vm_event(kind: &str, vm: &str, data: Value) -> wire::Event {
+        wire::Event {
+            seq: 1,
+            time: jiff::Timestamp::UNIX_EPOCH,
+            kind: kind.to_owned(),
+            resource: vm.to_owned(),
+            actor: None,
+            data,
+        }
+    }
+
+    #[test]
+    fn vm_topics_and_discovery() {
+        let t = Topics::new("homelab/labd/nas");
+        assert_eq!(t.vm("web"), "homelab/labd/nas/vms/web/state");
+        assert!(t.vm("web").starts_with(&t.section("vms")));
+        let d = Discovery::new("nas");
+        assert_eq!(
+            d.vm_topic("web-1"),
+            "homeassistant/binary_sensor/labd_nas_vm_web-1_running/config"
+        );
+        assert!(d.vm_topic("web-1").starts_with(&d.vm_section()));
+        let c = d.vm_config(&t, "web-1");
+        assert_eq!(c["state_topic"], "homelab/labd/nas/vms/web-1/state");
+        assert_eq!(c["json_attributes_topic"], c["state_topic"]);
+        assert_eq!(c["device_class"], "running");
+        assert_eq!(c["unique_id"], "labd_nas_vm_web-1_running");
+        assert_eq!(c["device"], d.config(&t, "tank")["device"]);
+        assert_eq!(c["availability_topic"], "homelab/labd/nas/status");
+    }
+
+    #[test]
+    fn vm_events_publish_the_state_and_destroy_clears_it() {
+        let (client, _el) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 100);
+        let mut p = Publisher::new(client, Topics::new("p"), Some(Discovery::new("h")));
+        let config = "homeassistant/binary_sensor/labd_h_vm_web_running/config";
+        p.vm_event(&vm_event(
+            "vm.created",
+            "web",
+            json!({"uuid": "u1", "template": "tiny"}),
+        ));
+        let doc = |p: &Publisher| {
+            p.published
+                .get("p/vms/web/state")
+                .cloned()
+                .flatten()
+                .map(|d| json(&d))
+        };
+        assert_eq!(doc(&p).map(|d| d["state"].clone()), Some(json!("stopped")));
+        assert!(p.published.contains_key(config));
+        p.vm_event(&vm_event("vm.started", "web", json!({"pid": 42})));
+        p.vm_event(&vm_event("vm.exited", "web", json!({"meaning": "fault"})));
+        p.vm_event(&vm_event(
+            "vm.restarting",
+            "web",
+            json!({"meaning": "fault", "delay_ms": 200, "attempt": 1}),
+        ));
+        p.vm_event(&vm_event(
+            "vm.started",
+            "web",
+            json!({"pid": 43, "restart": 1}),
+        ));
+        let d = doc(&p).expect("state document");
+        assert_eq!(
+            (
+                d["state"].clone(),
+                d["pid"].clone(),
+                d["restarts"].clone(),
+                d["last_exit"].clone()
+            ),
+            (json!("running"), json!(43), json!(1), json!("fault"))
+        );
+        // Events that are not about VMs change nothing.
+        let before = p.published.clone();
+        p.vm_event(&vm_event("dataset.created", "tank/x", json!({})));
+        assert_eq!(p.published, before);
+        p.vm_event(&vm_event("vm.destroyed", "web", json!({})));
+        assert!(!p.published.contains_key("p/vms/web/state"));
+        assert!(!p.published.contains_key(config));
+        assert_eq!(p.take_dropped(), 0);
+    }
+
+    fn json(payload: &str) -> Value {
+        serde_json::from_str(payload).expect("JSON")
     }
 
     #[test]

@@ -15,4 +15,5 @@ mod policies;
 mod refusals;
 mod switches;
 mod templates;
+mod vm_monitoring;
 mod vms;

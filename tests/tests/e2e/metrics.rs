@@ -17,7 +17,7 @@ fn free_port() -> u16 {
 }
 
 /// `GET /metrics` over labd's socket; returns the content type and the body.
-fn scrape_socket(lab: &Lab) -> (String, String) {
+pub(super) fn scrape_socket(lab: &Lab) -> (String, String) {
     let socket = lab.socket.display().to_string();
     let out = run(
         "curl",
@@ -54,7 +54,7 @@ fn get_tcp(port: u16, path: &str) -> (String, String) {
 
 /// Validate a whole exposition with `promtool check metrics` (format and naming lint).
 #[track_caller]
-fn promtool_check(text: &str) {
+pub(super) fn promtool_check(text: &str) {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -78,7 +78,7 @@ fn promtool_check(text: &str) {
 }
 
 /// The value of one series (`name{labels}` exactly as rendered), if present.
-fn value(text: &str, series: &str) -> Option<f64> {
+pub(super) fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.parse().ok())
@@ -86,7 +86,12 @@ fn value(text: &str, series: &str) -> Option<f64> {
 
 /// Scrape the socket until `pred` holds for the text, or panic after `timeout`.
 #[track_caller]
-fn scrape_until(lab: &Lab, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+pub(super) fn scrape_until(
+    lab: &Lab,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) -> String {
     let deadline = Instant::now() + timeout;
     loop {
         let (_, text) = scrape_socket(lab);

@@ -15,14 +15,14 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A mosquitto without persistence on a loopback port; stopped on drop.
 #[derive(Debug)]
-struct Broker {
+pub(super) struct Broker {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
 }
 
 impl Broker {
-    fn start() -> Self {
+    pub(super) fn start() -> Self {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("labd-mqtt-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -90,12 +90,12 @@ impl Broker {
         let _ = child.wait();
     }
 
-    fn log(&self) -> String {
+    pub(super) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 
     /// The `[mqtt]` table of a labd publishing under `prefix` to this broker.
-    fn labd_table(&self, prefix: &str) -> String {
+    pub(super) fn labd_table(&self, prefix: &str) -> String {
         format!(
             "[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\ntopic_prefix = \"{prefix}\"\n\
              client_id = \"{}\"\ninterval = \"2s\"\nhome_assistant = true\n",
@@ -104,7 +104,7 @@ impl Broker {
         )
     }
 
-    fn sub_args(&self) -> Vec<String> {
+    pub(super) fn sub_args(&self) -> Vec<String> {
         vec![
             "-h".into(),
             "127.0.0.1".into(),
@@ -114,7 +114,7 @@ impl Broker {
     }
 
     /// The retained payload of `topic`, if any (waiting up to `secs` for it).
-    fn retained(&self, topic: &str, secs: u32) -> Option<String> {
+    pub(super) fn retained(&self, topic: &str, secs: u32) -> Option<String> {
         let mut args = self.sub_args();
         args.extend(
             [
@@ -134,7 +134,7 @@ impl Broker {
     }
 
     /// Wait until the retained payload of `topic` satisfies `pred`; the last one seen.
-    fn wait_retained(
+    pub(super) fn wait_retained(
         &self,
         topic: &str,
         timeout: Duration,
@@ -154,7 +154,7 @@ impl Broker {
     }
 
     /// Follow `<prefix>/#` in the background, once the subscription is in place.
-    fn follow(&self, prefix: &str) -> Follow {
+    pub(super) fn follow(&self, prefix: &str) -> Follow {
         let mut args = self.sub_args();
         args.extend(["-v", "-t", &format!("{prefix}/#")].map(String::from));
         let mut child = Command::new("mosquitto_sub")
@@ -194,13 +194,13 @@ impl Drop for Broker {
 
 /// Messages seen by a background `mosquitto_sub -v`.
 #[derive(Debug)]
-struct Follow {
+pub(super) struct Follow {
     child: Child,
     rx: std::sync::mpsc::Receiver<(String, String)>,
 }
 
 impl Follow {
-    fn wait_for(
+    pub(super) fn wait_for(
         &self,
         timeout: Duration,
         pred: impl Fn(&str, &str) -> bool,
@@ -230,7 +230,7 @@ fn mqtt_lab() -> (Broker, Lab, String) {
 }
 
 /// Like [`mqtt_lab`], with more configuration tables.
-fn mqtt_lab_with(tables: &str) -> (Broker, Lab, String) {
+pub(super) fn mqtt_lab_with(tables: &str) -> (Broker, Lab, String) {
     let broker = Broker::start();
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let prefix = format!("test/labd/{}_{n}", std::process::id());
@@ -241,12 +241,18 @@ fn mqtt_lab_with(tables: &str) -> (Broker, Lab, String) {
     (broker, lab, prefix)
 }
 
-fn json(payload: &str) -> serde_json::Value {
+pub(super) fn json(payload: &str) -> serde_json::Value {
     serde_json::from_str(payload).unwrap_or_else(|e| panic!("not JSON ({e}): {payload}"))
 }
 
 #[track_caller]
-fn wait_status(broker: &Broker, lab: &Lab, prefix: &str, status: &str, timeout: Duration) {
+pub(super) fn wait_status(
+    broker: &Broker,
+    lab: &Lab,
+    prefix: &str,
+    status: &str,
+    timeout: Duration,
+) {
     let topic = format!("{prefix}/status");
     if let Err(seen) = broker.wait_retained(&topic, timeout, |p| p == Some(status)) {
         panic!(
@@ -446,7 +452,7 @@ fn mqtt_clean_stop_publishes_offline() {
 /// Run `mosquitto_sub ARGS` (which carry their own `-W SECS`) under `timeout`: mosquitto_sub
 /// 2.0.11 has been seen to hang in a futex instead of honouring `-W`, which would hang the
 /// test; a killed run reads as "no message", and callers retry within their deadline.
-fn bounded_sub(args: &[String], secs: u32) -> labd_e2e::Out {
+pub(super) fn bounded_sub(args: &[String], secs: u32) -> labd_e2e::Out {
     let limit = (secs + 3).to_string();
     let mut argv: Vec<&str> = vec!["-s", "KILL", &limit, "mosquitto_sub"];
     argv.extend(args.iter().map(String::as_str));
