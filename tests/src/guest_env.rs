@@ -409,6 +409,8 @@ impl Drop for Dockerd {
         if !ids.is_empty() {
             let _ = self.docker(&[&["rm", "-f"], &ids[..]].concat());
         }
+        // User-defined networks are host bridges (`br-<id>`) that outlive the daemon.
+        let _ = self.docker(&["network", "prune", "-f"]);
         stop(&mut self.child, Duration::from_secs(20));
     }
 }
