@@ -844,7 +844,12 @@ fn zvol_disks_are_refused_on_a_zfs_without_volumes() {
     let out = lab
         .labctl(&["vm", "create", "vol1", "--template", "onzvol"])
         .code(1);
-    for needle in ["disk[0].backing", "zvol", "no", "unsupported_backing"] {
+    for needle in [
+        "disk[0].backing",
+        "\"zvol\"",
+        "has none",
+        "unsupported_backing",
+    ] {
         assert!(out.stderr.contains(needle), "{needle} in {}", out.stderr);
     }
     assert_eq!(lab.inventory(), before, "nothing was made");
