@@ -505,7 +505,7 @@ async fn make_volume(
         "dataset.created",
         volume,
         actor,
-        json!({"vm": spec.name.as_str(), "volume": size.bytes()}),
+        json!({"vm": spec.name.as_str(), "volsize": size.bytes()}),
     );
     super::jobs::log_line(format!(
         "created the sparse volume {volume} of {size} (volmode=dev)"
