@@ -661,6 +661,12 @@ pub struct VmDisk {
     pub image: Option<String>,
     /// Emulation (`virtio-blk`, `nvme`, `ahci-hd`).
     pub bus: String,
+    /// `file` (a sparse file in the VM's dataset) or `zvol` (a ZFS volume).
+    #[serde(default)]
+    pub backing: String,
+    /// zvol disks: the volume's dataset (its device is `/dev/zvol/<volume>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
 }
 
 /// A NIC of a [`Vm`].

@@ -157,7 +157,10 @@ fn render_one(vm: &Vm) -> String {
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     for (i, d) in vm.disks.iter().enumerate() {
-        let mut desc = format!("{} {}", d.file, d.bus);
+        let mut desc = match &d.volume {
+            Some(volume) => format!("zvol {volume} {}", d.bus),
+            None => format!("{} {}", d.file, d.bus),
+        };
         if let Some(size) = d.size {
             desc.push_str(&format!(" {}", output::size(size)));
         }

@@ -142,9 +142,11 @@ impl Core {
         let vm = vm.unwrap_or("example");
         vmspec::validate_vm_name(vm).map_err(|e| invalid("vm", "invalid_name", e.to_string()))?;
         let template = find_template(self, name)?;
-        let spec = vmspec::instantiate(&template, name, vm, example_uuid(vm))
+        let mut spec = vmspec::instantiate(&template, name, vm, example_uuid(vm))
             .map_err(|e| invalid("name", "invalid_template", e.to_string()))?;
-        let dir = super::vms::vm_root_mountpoint(&self.host()).await?.join(vm);
+        let host = self.host();
+        spec.place_volumes(super::vms::vm_dataset(&host, vm)?.as_str());
+        let dir = super::vms::vm_root_mountpoint(&host).await?.join(vm);
         preview(&spec, driver, dir, "name")
     }
 }

@@ -3,7 +3,11 @@
 //!
 //! A clone is a ZFS clone of the whole VM dataset, so it costs no space until it diverges and
 //! depends on its origin snapshot (the source VM cannot be destroyed while clones exist:
-//! `zfs promote` the clone first). It is a new machine: a fresh uuid, MACs derived from it, a
+//! `zfs promote` the clone first). A zvol disk, a child volume of the VM's dataset, is cloned
+//! the same way from the same (recursive) snapshot, with `volmode=dev` again (a clone does not
+//! keep its origin's local properties) and recorded at its new place in the clone's `vm.toml`;
+//! a snapshot taken without `-r` has no volume snapshots and the clone fails, removing what it
+//! made. It is a new machine: a fresh uuid, MACs derived from it, a
 //! new SSH host key and seed (cloud-init sees a new instance-id and sets the clone up as a
 //! new host), no static address (two VMs must not share one: the clone's NIC uses DHCP until
 //! `vm.toml` says otherwise), and none of the source's run state or logs.
@@ -146,7 +150,7 @@ impl CloneJob {
             );
         }
         let uuid = Uuid::new_v4();
-        let clone = clone_spec(&spec, &target_name, uuid)?;
+        let clone = clone_spec(&spec, &target_name, target.as_str(), uuid)?;
         let text = clone
             .to_toml()
             .map_err(|e| Error::Internal(format!("VM spec of '{target_name}': {e}")))?;
@@ -162,6 +166,22 @@ impl CloneJob {
             json!({"origin": snap.to_string(), "vm": target_name}),
         );
         let made = async {
+            for i in clone.zvol_disks() {
+                let file = &clone.disks[i].file;
+                let origin = DatasetName::parse(&format!("{}/{file}", snap.dataset()))
+                    .and_then(|d| SnapshotName::new(d, snap.snapshot()))
+                    .map_err(|e| Error::Internal(format!("disk[{i}]'s snapshot: {e}")))?;
+                let volume = DatasetName::parse(&format!("{target}/{file}"))
+                    .map_err(|e| Error::Internal(format!("disk[{i}]'s volume: {e}")))?;
+                let props = [managed(MANAGED, "on"), managed("volmode", "dev")];
+                host.zfs.clone_snapshot(&origin, &volume, &props).await?;
+                events.publish(
+                    "dataset.created",
+                    volume.as_str(),
+                    actor,
+                    json!({"origin": origin.to_string(), "vm": target_name}),
+                );
+            }
             let dir = mounted_dir(&host, &target).await?;
             for f in INSTANCE_FILES {
                 match std::fs::remove_file(dir.join(f)) {
@@ -220,11 +240,13 @@ impl CloneJob {
     }
 }
 
-/// The spec of the clone: a new name, uuid and MACs; static addresses dropped.
-fn clone_spec(source: &VmSpec, name: &str, uuid: Uuid) -> Result<VmSpec, Error> {
+/// The spec of the clone, whose dataset is `dataset`: a new name, uuid and MACs; static
+/// addresses dropped; zvol disks on the clone's own volumes.
+fn clone_spec(source: &VmSpec, name: &str, dataset: &str, uuid: Uuid) -> Result<VmSpec, Error> {
     let mut spec = source.clone();
     spec.name = name.to_owned();
     spec.uuid = uuid;
+    spec.place_volumes(dataset);
     let mut macs: Vec<MacAddr> = Vec::new();
     for (i, nic) in spec.nics.iter_mut().enumerate() {
         nic.mac = MacAddr::derive(uuid, i, &macs);
@@ -249,12 +271,24 @@ mod tests {
         src.nics[0].address = Some("192.168.1.20/24".to_owned());
         src.nics[0].gateway = Some("192.168.1.1".parse().expect("ip"));
         let uuid = Uuid::new_v4();
-        let c = clone_spec(&src, "web2", uuid).expect("clone");
+        let c = clone_spec(&src, "web2", "t/labd/vms/web2", uuid).expect("clone");
         assert_eq!((c.name.as_str(), c.uuid), ("web2", uuid));
         assert_ne!(c.nics[0].mac, src.nics[0].mac);
         assert_eq!(c.nics[0].mac, MacAddr::derive(uuid, 0, &[]));
         assert!(c.nics[0].address.is_none() && c.nics[0].gateway.is_none());
         assert_eq!(c.disks, src.disks);
         assert_eq!(c.cloud_init, src.cloud_init);
+    }
+
+    #[test]
+    fn a_clone_opens_its_own_volumes() {
+        let text = include_str!("../../../vm-templates/docker-host.toml")
+            .replace("size = \"20G\"", "size = \"20G\"\nbacking = \"zvol\"");
+        let t = vmspec::Template::parse(&text).expect("template");
+        let mut src = vmspec::instantiate(&t, "docker-host", "web", Uuid::new_v4()).expect("spec");
+        src.place_volumes("t/labd/vms/web");
+        let c = clone_spec(&src, "web2", "t/labd/vms/web2", Uuid::new_v4()).expect("clone");
+        assert_eq!(c.disks[0].volume.as_deref(), Some("t/labd/vms/web2/disk0"));
+        assert_eq!(src.disks[0].volume.as_deref(), Some("t/labd/vms/web/disk0"));
     }
 }

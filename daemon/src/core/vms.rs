@@ -1,7 +1,8 @@
 //! VMs as datasets: each VM is the dataset `<root>/<vm_root>/<name>` (`[vms] vm_root`, default
-//! `vms`) holding its spec as `vm.toml` and its disks as sparse files. This is the first slice
-//! of issue 3: VMs are created, listed, inspected, previewed and destroyed; `supervise.rs`
-//! starts and stops them.
+//! `vms`) holding its spec as `vm.toml` and its disks as sparse files, or as sparse ZFS volumes
+//! `<name>/diskN` below it (`backing = "zvol"`, OpenZFS only). This is the first slice of
+//! issue 3: VMs are created, listed, inspected, previewed and destroyed; `supervise.rs` starts
+//! and stops them.
 //!
 //! Rules:
 //! * **ZFS is the database.** labd keeps no VM list: every read lists the datasets directly
@@ -12,8 +13,14 @@
 //!   property `labd:vm`.
 //! * **Ownership.** labd creates VM datasets (and `<vm_root>` when missing) with a local
 //!   `labd:managed=on`; destroy refuses a dataset without it or without a local `labd:vm`.
-//! * Create validates everything (name, template, overrides) before the job, refuses an
-//!   existing VM, and removes the half-made dataset again if writing its files fails.
+//! * Create validates everything (name, template, overrides, and that the ZFS has volumes when
+//!   a disk asks for one) before the job, refuses an existing VM, and removes the half-made
+//!   dataset (with any volume made so far) again if writing its files or disks fails.
+//! * A zvol disk is made in the job: `zfs create -s -V SIZE -o volmode=dev -o
+//!   labd:managed=on <vm>/diskN` (the driver's `create_volume`), a check that the block size
+//!   OpenZFS chose divides the size, a bounded wait for `/dev/zvol/<vm>/diskN` (udev makes it
+//!   asynchronously on Linux, and OpenZFS creates the node from a task queue on both), then the
+//!   image, if any, written into the device (`images::import_to_device`).
 //! * Destroy is recursive (the VM's snapshots go with it) but refuses held snapshots.
 //!   A running VM is refused (the supervisor, `supervise.rs`, knows which run).
 
@@ -28,7 +35,7 @@ use uuid::Uuid;
 use super::error::invalid;
 use super::names::DatasetName;
 use super::props::Assignment;
-use super::vmspec::{self, ByteSize, SpecError, VmSpec};
+use super::vmspec::{self, ByteSize, Disk, DiskBacking, SpecError, VmSpec};
 use super::{Core, Error, Host, Refusal, templates};
 use crate::events::EventBus;
 use crate::host::zfs::{PropRow, ZfsError, ZfsErrorKind};
@@ -41,6 +48,8 @@ pub(super) const VM_PROPERTY: &str = "labd:vm";
 pub(super) const SPEC_FILE: &str = "vm.toml";
 /// Properties read to list VMs.
 const VM_PROPERTIES: &str = "mountpoint,labd:managed,labd:vm";
+/// Longest wait for a new volume's device node.
+const DEVICE_WAIT: Duration = Duration::from_secs(10);
 
 fn not_found(name: &str) -> Error {
     Error::NotFound {
@@ -227,6 +236,20 @@ fn read_spec(name: &str, row: &VmRow) -> Result<(String, VmSpec), String> {
             row.dataset
         ));
     }
+    // A VM opens only volumes of its own dataset.
+    let own = format!("{}/", row.dataset);
+    if let Some((i, v)) = spec.disks.iter().enumerate().find_map(|(i, d)| {
+        d.volume
+            .as_deref()
+            .filter(|v| !v.starts_with(&own))
+            .map(|v| (i, v))
+    }) {
+        return Err(format!(
+            "{}: disk[{i}].volume {v} is not below the VM's dataset {}",
+            path.display(),
+            row.dataset
+        ));
+    }
     Ok((text, spec))
 }
 
@@ -249,6 +272,8 @@ fn vm_info(row: &VmRow, with_text: bool) -> wire::Vm {
                     size: d.size.map(ByteSize::bytes),
                     image: d.image.clone(),
                     bus: d.bus.as_str().to_owned(),
+                    backing: d.backing.as_str().to_owned(),
+                    volume: d.volume.clone(),
                 })
                 .collect(),
             nics: spec
@@ -448,7 +473,100 @@ pub(super) fn write_atomic(dir: &Path, file: &str, text: &str) -> std::io::Resul
     std::fs::rename(&tmp, dir.join(file))
 }
 
-/// Write the VM's files into its mounted dataset: `vm.toml`, then a sparse file per sized disk.
+/// Refuse a zvol disk on a ZFS without volumes (zfs-fuse), before anything is made: the
+/// template decides the backing, so the field is `template` and the message names the disk.
+fn check_backings(host: &Host, spec: &VmSpec) -> Result<(), Error> {
+    if host.zfs.capabilities().zvols {
+        return Ok(());
+    }
+    match spec.zvol_disks().next() {
+        None => Ok(()),
+        Some(i) => Err(invalid(
+            "template",
+            "unsupported_backing",
+            format!(
+                "disk[{i}].backing: \"zvol\" needs ZFS volumes with volmode (OpenZFS), and this \
+                 ZFS has none (zfs-fuse cannot create volumes); use backing = \"file\" in \
+                 template '{}'",
+                spec.template
+            ),
+        )),
+    }
+}
+
+/// Make zvol disk `i` of VM `spec` (module docs): the volume, the block-size check and the wait
+/// for its device node. Returns the volume's name.
+async fn make_volume(
+    host: &Host,
+    events: &EventBus,
+    actor: Option<Actor>,
+    spec: &VmSpec,
+    i: usize,
+    disk: &Disk,
+) -> Result<String, Error> {
+    let (Some(volume), Some(size), Some(device)) = (&disk.volume, disk.size, disk.device()) else {
+        return Err(Error::Internal(format!(
+            "disk[{i}] of VM '{}' is a zvol without a volume or size",
+            spec.name
+        )));
+    };
+    let ds = DatasetName::parse(volume)
+        .map_err(|e| Error::Internal(format!("disk[{i}].volume: {e}")))?;
+    host.zfs
+        .create_volume(&ds, size.bytes(), &[managed(MANAGED, "on")])
+        .await?;
+    events.publish(
+        "dataset.created",
+        volume,
+        actor,
+        json!({"vm": spec.name.as_str(), "volsize": size.bytes()}),
+    );
+    super::jobs::log_line(format!(
+        "created the sparse volume {volume} of {size} (volmode=dev)"
+    ));
+    let rows = host.zfs.get_props(&ds, "volblocksize", false).await?;
+    let block = rows
+        .iter()
+        .find(|r| r.property == "volblocksize")
+        .and_then(|r| r.value.parse::<u64>().ok())
+        .unwrap_or(0);
+    if block == 0 || !size.bytes().is_multiple_of(block) {
+        return Err(invalid(
+            "template",
+            "invalid_spec",
+            format!(
+                "disk[{i}].size: {size} is not a multiple of the volume's block size \
+                 ({block} bytes, the pool's default)"
+            ),
+        ));
+    }
+    wait_for_device(Path::new(&device), DEVICE_WAIT)
+        .await
+        .map_err(|waited| {
+            Error::Internal(format!(
+                "{device} did not appear within {}s of creating {volume}",
+                waited.as_secs()
+            ))
+        })?;
+    Ok(volume.clone())
+}
+
+/// Wait until `path` exists, checking every 50 ms for at most `limit` (returned on timeout).
+async fn wait_for_device(path: &Path, limit: Duration) -> Result<(), Duration> {
+    let start = tokio::time::Instant::now();
+    loop {
+        if tokio::fs::metadata(path).await.is_ok() {
+            return Ok(());
+        }
+        if start.elapsed() >= limit {
+            return Err(limit);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Write the VM's files into its mounted dataset: `vm.toml`, then a sparse file per sized disk
+/// (zvol disks are volumes, made by [`make_volume`]).
 fn write_files(dir: &Path, spec: &VmSpec, text: &str) -> Result<Vec<String>, Error> {
     let io = |what: &Path, e: std::io::Error| {
         Error::Internal(format!("cannot write {}: {e}", what.display()))
@@ -458,8 +576,8 @@ fn write_files(dir: &Path, spec: &VmSpec, text: &str) -> Result<Vec<String>, Err
     let mut created = Vec::new();
     for (i, disk) in spec.disks.iter().enumerate() {
         let path = dir.join(&disk.file);
-        if disk.image.is_some() {
-            // Made from its image by the caller.
+        if disk.image.is_some() || disk.backing == DiskBacking::Zvol {
+            // Made from its image, or as a volume, by the caller.
             continue;
         }
         let Some(size) = disk.size else {
@@ -525,13 +643,28 @@ async fn create_vm_job(
         let dir = mounted_dir(&host, &ds).await?;
         let mountpoint = dir.display().to_string();
         let mut disks = write_files(&dir, &spec, &text)?;
+        for i in spec.zvol_disks() {
+            disks.push(make_volume(&host, &events, actor, &spec, i, &spec.disks[i]).await?);
+        }
         for (i, src) in &images {
             let disk = &spec.disks[*i];
-            let dst = dir.join(&disk.file);
-            crate::host::images::import(src, &dst, disk.size.map(ByteSize::bytes))
-                .await
-                .map_err(|e| invalid("image", "import_failed", e.to_string()))?;
-            disks.push(disk.file.clone());
+            let failed = |e: crate::host::images::ImageError| {
+                invalid("image", "import_failed", e.to_string())
+            };
+            match (disk.device(), disk.size) {
+                (Some(device), Some(size)) => {
+                    crate::host::images::import_to_device(src, Path::new(&device), size.bytes())
+                        .await
+                        .map_err(failed)?;
+                }
+                _ => {
+                    let dst = dir.join(&disk.file);
+                    crate::host::images::import(src, &dst, disk.size.map(ByteSize::bytes))
+                        .await
+                        .map_err(failed)?;
+                    disks.push(disk.file.clone());
+                }
+            }
         }
         let host_key = refresh_seed(&dir, &spec).await?;
         Ok::<_, Error>((mountpoint, disks, host_key))
@@ -689,7 +822,8 @@ async fn destroy_vm_job(
 
 impl Core {
     /// Create VM `req.name` from a template: validated here, then a `vm.create` job makes its
-    /// dataset, writes `vm.toml` and creates its sparse disks. The VM is not started.
+    /// dataset, writes `vm.toml` and creates its sparse disks (files or volumes). The VM is not
+    /// started.
     pub async fn create_vm(&self, req: wire::CreateVm, actor: Option<Actor>) -> Result<Job, Error> {
         let host = self.host();
         let ds = vm_dataset(&host, &req.name)?;
@@ -719,6 +853,10 @@ impl Core {
         let mut spec = vmspec::instantiate(&template, &req.template, &req.name, Uuid::new_v4())
             .map_err(|e| invalid(spec_field(&e), "invalid_spec", e.to_string()))?;
         apply_request(&mut spec, &req)?;
+        spec.place_volumes(ds.as_str());
+        spec.validate()
+            .map_err(|e| invalid(spec_field(&e), "invalid_spec", e.to_string()))?;
+        check_backings(&host, &spec)?;
         super::cloudinit::check(&spec)
             .map_err(|e| invalid(&request_field(&e), "invalid_spec", e.to_string()))?;
         let images = disk_images(&spec, &host.config.vms.images_dir, req.image.is_some())?;
@@ -1019,6 +1157,70 @@ mod tests {
         assert_eq!(meta.len(), 20 << 30);
         // A second create into the same directory does not overwrite a disk.
         assert!(write_files(&dir, &spec, &toml).is_err());
+        std::fs::remove_dir_all(&dir).expect("clean");
+    }
+
+    fn zvol_spec(vm_dataset: &str) -> VmSpec {
+        let text = include_str!("../../../vm-templates/docker-host.toml")
+            .replace("size = \"20G\"", "size = \"20G\"\nbacking = \"zvol\"");
+        let t = vmspec::Template::parse(&text).expect("template");
+        let mut spec = vmspec::instantiate(&t, "docker-host", "web", Uuid::new_v4()).expect("spec");
+        spec.place_volumes(vm_dataset);
+        spec
+    }
+
+    #[test]
+    fn zvol_disks_make_no_file_and_stay_in_their_vm() {
+        let dir = std::env::temp_dir().join(format!("labd-vms-zvol-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut spec = zvol_spec("t/labd/vms/web");
+        spec.disks[0].image = None;
+        let toml = spec.to_toml().expect("toml");
+        let disks = write_files(&dir, &spec, &toml).expect("write");
+        assert!(disks.is_empty(), "{disks:?}");
+        assert!(!dir.join("disk0").exists() && !dir.join("disk0.img").exists());
+        let row = VmRow {
+            dataset: "t/labd/vms/web".into(),
+            mountpoint: dir.display().to_string(),
+            managed: true,
+            uuid: None,
+        };
+        let (_, back) = read_spec("web", &row).expect("own volume");
+        assert_eq!(
+            back.disks[0].device().as_deref(),
+            Some("/dev/zvol/t/labd/vms/web/disk0")
+        );
+        // A vm.toml pointing at another VM's volume makes the VM broken, not a way in.
+        let foreign = zvol_spec("t/labd/vms/other").to_toml().expect("toml");
+        write_atomic(&dir, SPEC_FILE, &foreign).expect("write");
+        let e = read_spec("web", &row).expect_err("foreign volume");
+        assert!(
+            e.contains("disk[0].volume") && e.contains("not below"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).expect("clean");
+    }
+
+    #[tokio::test]
+    async fn device_wait_is_bounded() {
+        let dir = std::env::temp_dir().join(format!("labd-vms-dev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let node = dir.join("disk0");
+        let later = node.clone();
+        let maker = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            std::fs::write(later, b"").expect("node");
+        });
+        wait_for_device(&node, Duration::from_secs(5))
+            .await
+            .expect("appears");
+        maker.await.expect("maker");
+        let start = std::time::Instant::now();
+        let waited = wait_for_device(&dir.join("never"), Duration::from_millis(300))
+            .await
+            .expect_err("never appears");
+        assert_eq!(waited, Duration::from_millis(300));
+        assert!(start.elapsed() >= Duration::from_millis(300));
         std::fs::remove_dir_all(&dir).expect("clean");
     }
 

@@ -5,12 +5,15 @@
 //!
 //! * A [`Template`] is a TOML file from `vm-templates/` (installed to
 //!   `/usr/local/etc/labd/templates/`, user templates override shipped ones). It says what a
-//!   kind of guest needs: CPUs, memory, a loader, disks (new sparse ones or an image to import),
-//!   NICs on switches, cloud-init, the stop timeout, the restart policy and autostart.
+//!   kind of guest needs: CPUs, memory, a loader, disks (new sparse ones or an image to import,
+//!   each a file or a ZFS volume, [`DiskBacking`]), NICs on switches, cloud-init, the stop
+//!   timeout, the restart policy and autostart.
 //! * A [`VmSpec`] is a template instantiated for one VM by [`instantiate`]: it adds the VM's
 //!   name, a UUID and, per NIC, a MAC address, all assigned **once** at create and kept for the
-//!   VM's life (reference/bhyve.md §8: vm-bhyve regenerates them only on clone), and a file name
-//!   for each disk inside the VM's directory. It is stored as `vm.toml` in the VM's own dataset
+//!   VM's life (reference/bhyve.md §8: vm-bhyve regenerates them only on clone), and a name for
+//!   each disk: a file inside the VM's directory (`disk0.img`), or for a zvol disk the child
+//!   dataset `diskN` whose full name labd records as the disk's `volume` when it creates the VM
+//!   ([`VmSpec::place_volumes`]). It is stored as `vm.toml` in the VM's own dataset
 //!   (`<vm_root>/<name>`), next to its disks, UEFI vars, cloud-init seed and console log, so labd
 //!   can rebuild its VM list from the datasets alone.
 //!
@@ -21,6 +24,20 @@
 //! wrong types and unknown keys (every table denies unknown fields, so a typo is an error,
 //! not a silently ignored key), and a [`SpecError::Invalid`] naming the key path
 //! (`cpu.count`, `disk[0].size`, `nic[1].switch`) and the rule for everything else.
+//!
+//! Templates and specs each have their own `[[disk]]` and `[[nic]]` types (a template says what
+//! to make, a spec what was made), so a key both have, such as a disk's `backing`, is declared
+//! on both and checked once, in the rules they share (`check_common`).
+//!
+//! # Disk backings
+//!
+//! A disk is a sparse file in the VM's dataset (`backing = "file"`, the default, on any ZFS;
+//! the tests use these), or a sparse ZFS volume, the child dataset `<vm dataset>/diskN` created
+//! with `volmode=dev` (`backing = "zvol"`, OpenZFS only; vm-bhyve's `sparse-zvol`,
+//! reference/bhyve.md §5) which the hypervisor opens as `/dev/zvol/<pool>/…/diskN` on FreeBSD
+//! and Linux alike. A zvol's size must be a multiple of its block size (zfsprops.7 volsize);
+//! labd does not choose the block size, so it asks for a multiple of [`ZVOL_SIZE_ALIGN`]. Whether
+//! the host's ZFS has volumes at all is a property of the host, checked by `vm create`.
 //!
 //! # MAC addresses
 //!
@@ -62,6 +79,14 @@ pub const MAC_PREFIX: [u8; 3] = [0x58, 0x9c, 0xfc];
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest `stop_timeout` and `boot_delay`.
 pub const MAX_DELAY: Duration = Duration::from_secs(3600);
+/// Where OpenZFS puts the device node of volume `<pool>/<path>`: `/dev/zvol/<pool>/<path>`, on
+/// FreeBSD (devfs, `zvol_os.c`) and Linux (a udev link to `/dev/zdN`).
+pub const ZVOL_DEVICE_DIR: &str = "/dev/zvol";
+/// A zvol disk's size must be a multiple of this: OpenZFS requires a multiple of the volume's
+/// block size (zfsprops.7 volsize), which labd leaves to OpenZFS's default (16K since 2.2, 8K
+/// before, more only on wide RAID-Z/dRAID pools); 128K, the classic largest block size, is a
+/// multiple of every such power of two. `vm create` also checks the block size the volume got.
+pub const ZVOL_SIZE_ALIGN: u64 = 128 * KIB;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -482,6 +507,32 @@ impl DiskBus {
     }
 }
 
+/// What holds a disk's blocks (module docs, "Disk backings").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBacking {
+    /// A sparse file in the VM's dataset (the default; any ZFS).
+    #[default]
+    File,
+    /// A sparse ZFS volume `<vm dataset>/diskN` with `volmode=dev` (OpenZFS only).
+    Zvol,
+}
+
+impl DiskBacking {
+    /// The name used in the TOML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskBacking::File => "file",
+            DiskBacking::Zvol => "zvol",
+        }
+    }
+
+    /// Whether this is the default, a file (serde leaves the key out then).
+    pub fn is_file(&self) -> bool {
+        *self == DiskBacking::File
+    }
+}
+
 /// Emulation of a NIC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum NicModel {
@@ -657,6 +708,9 @@ pub struct TemplateDisk {
     /// The disk the guest boots from (default: the first disk).
     #[serde(default)]
     pub boot: bool,
+    /// A sparse file (default) or a ZFS volume (OpenZFS only); a volume needs a `size`.
+    #[serde(default, skip_serializing_if = "DiskBacking::is_file")]
+    pub backing: DiskBacking,
 }
 
 /// `[[nic]]` of a template.
@@ -739,6 +793,7 @@ impl Template {
                 size: d.size,
                 image: d.image.as_deref(),
                 boot: d.boot,
+                backing: d.backing,
             })
             .collect();
         let switches: Vec<&str> = self.nics.iter().map(|n| n.switch.as_str()).collect();
@@ -767,7 +822,8 @@ impl Template {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Disk {
-    /// File name inside the VM's directory (`disk0.img`, `disk1.img`, …).
+    /// File name inside the VM's directory (`disk0.img`, `disk1.img`, …); for a zvol disk the
+    /// volume's name below the VM's dataset (`disk0`).
     pub file: String,
     /// Size of the disk (an imported image is grown to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -781,6 +837,23 @@ pub struct Disk {
     /// The boot disk (if no disk says so, the first one).
     #[serde(default)]
     pub boot: bool,
+    /// A sparse file or a ZFS volume.
+    #[serde(default, skip_serializing_if = "DiskBacking::is_file")]
+    pub backing: DiskBacking,
+    /// zvol disks: the volume's dataset, `<vm dataset>/<file>`, recorded at create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+}
+
+impl Disk {
+    /// The device node the hypervisor opens for a zvol disk (`/dev/zvol/<volume>`); `None` for
+    /// a file disk or a volume not yet placed.
+    pub fn device(&self) -> Option<String> {
+        match (self.backing, &self.volume) {
+            (DiskBacking::Zvol, Some(v)) => Some(format!("{ZVOL_DEVICE_DIR}/{v}")),
+            _ => None,
+        }
+    }
 }
 
 /// `[[nic]]` of a VM spec.
@@ -864,7 +937,8 @@ pub struct VmSpec {
 }
 
 /// Make the spec of VM `vm_name` from `template` (named `template_name`): copies the template,
-/// names the disks `disk0.img`, `disk1.img`, … and derives each NIC's MAC from `uuid`
+/// names the disks `disk0.img`, `disk1.img`, … (zvol disks `disk0`, …, placed later with
+/// [`VmSpec::place_volumes`]) and derives each NIC's MAC from `uuid`
 /// (create passes `Uuid::new_v4()`; the result is stored and never re-derived).
 pub fn instantiate(
     template: &Template,
@@ -903,11 +977,16 @@ pub fn instantiate(
             .iter()
             .enumerate()
             .map(|(i, d)| Disk {
-                file: format!("disk{i}.img"),
+                file: match d.backing {
+                    DiskBacking::File => format!("disk{i}.img"),
+                    DiskBacking::Zvol => format!("disk{i}"),
+                },
                 size: d.size,
                 image: d.image.clone(),
                 bus: d.bus,
                 boot: d.boot,
+                backing: d.backing,
+                volume: None,
             })
             .collect(),
         nics: template
@@ -929,11 +1008,41 @@ pub fn instantiate(
 }
 
 impl VmSpec {
-    /// Parse and check a `vm.toml`.
+    /// Parse and check a `vm.toml`. Unlike a spec still being made, a stored one must say
+    /// where each zvol disk's volume is.
     pub fn from_toml(text: &str) -> Result<VmSpec, SpecError> {
         let s: VmSpec = toml::from_str(text).map_err(|e| SpecError::Toml(e.to_string()))?;
         s.validate()?;
+        if let Some(i) = s
+            .disks
+            .iter()
+            .position(|d| d.backing == DiskBacking::Zvol && d.volume.is_none())
+        {
+            return Err(invalid(
+                format!("disk[{i}].volume"),
+                "a zvol disk needs the dataset of its volume",
+            ));
+        }
         Ok(s)
+    }
+
+    /// Record where each zvol disk's volume is: `<vm_dataset>/<file>` (the VM's own dataset,
+    /// at create and clone).
+    pub fn place_volumes(&mut self, vm_dataset: &str) {
+        for d in &mut self.disks {
+            if d.backing == DiskBacking::Zvol {
+                d.volume = Some(format!("{vm_dataset}/{}", d.file));
+            }
+        }
+    }
+
+    /// The indexes of the zvol disks.
+    pub fn zvol_disks(&self) -> impl Iterator<Item = usize> + '_ {
+        self.disks
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.backing == DiskBacking::Zvol)
+            .map(|(i, _)| i)
     }
 
     /// Write the spec as `vm.toml` text; [`VmSpec::from_toml`] reads it back unchanged.
@@ -968,6 +1077,7 @@ impl VmSpec {
                 size: d.size,
                 image: d.image.as_deref(),
                 boot: d.boot,
+                backing: d.backing,
             })
             .collect();
         let switches: Vec<&str> = self.nics.iter().map(|n| n.switch.as_str()).collect();
@@ -998,6 +1108,9 @@ impl VmSpec {
                     format!("disk[{i}].file"),
                     format!("'{}' is already used by disk[{j}]", d.file),
                 ));
+            }
+            if let Some(v) = &d.volume {
+                check_volume(d, v).map_err(|e| invalid(format!("disk[{i}].volume"), e))?;
             }
         }
         for (i, n) in self.nics.iter().enumerate() {
@@ -1054,6 +1167,7 @@ struct DiskView<'a> {
     size: Option<ByteSize>,
     image: Option<&'a str>,
     boot: bool,
+    backing: DiskBacking,
 }
 
 struct Common<'a> {
@@ -1224,6 +1338,24 @@ fn check_disks(c: &Common<'_>) -> Result<(), SpecError> {
                 ));
             }
         }
+        if d.backing == DiskBacking::Zvol {
+            let size = d.size.ok_or_else(|| {
+                invalid(
+                    format!("disk[{i}].size"),
+                    "a zvol disk needs a size: its volume is created at that size \
+                     (zfs create -V) before an image is written into it",
+                )
+            })?;
+            if !size.bytes().is_multiple_of(ZVOL_SIZE_ALIGN) {
+                return Err(invalid(
+                    format!("disk[{i}].size"),
+                    format!(
+                        "{size} is not a multiple of 128K; a zvol's size must be a multiple of \
+                         its block size (OpenZFS's default is 16K; 128K covers every default)"
+                    ),
+                ));
+            }
+        }
         if let Some(img) = d.image {
             check_path_text(img).map_err(|e| invalid(format!("disk[{i}].image"), e))?;
         }
@@ -1360,6 +1492,24 @@ fn check_file_name(f: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A zvol disk's `volume`: a dataset name (the ZFS grammar, labd's rules) ending in the disk's
+/// `file`.
+fn check_volume(d: &Disk, volume: &str) -> Result<(), String> {
+    if d.backing != DiskBacking::Zvol {
+        return Err("only a zvol disk (backing = \"zvol\") has a volume".to_owned());
+    }
+    // The ZFS grammar has no ',' (bhyve's option separator) and labd's no space or leading '-'.
+    super::names::DatasetName::parse(volume).map_err(|e| e.to_string())?;
+    match volume.rsplit_once('/') {
+        Some((_, last)) if last == d.file => Ok(()),
+        _ => Err(format!(
+            "'{}' is not a volume below a VM's dataset named after the disk (.../{})",
+            volume.escape_debug(),
+            d.file
+        )),
+    }
 }
 
 /// `addr/prefix`; returns whether it is IPv4.
@@ -1732,6 +1882,75 @@ mod tests {
             "1500ms".parse::<HumanDuration>().unwrap().get(),
             Duration::from_millis(1500)
         );
+    }
+
+    #[test]
+    fn zvol_disks() {
+        let text = minimal("").replace("size = \"10G\"", "size = \"10G\"\nbacking = \"zvol\"")
+            + "[[disk]]\nsize = \"1G\"\n";
+        let t = Template::parse(&text).unwrap();
+        assert_eq!(t.disks[0].backing, DiskBacking::Zvol);
+        assert_eq!(t.disks[1].backing, DiskBacking::File);
+        let mut s = instantiate(&t, "t", "vm1", uuid()).unwrap();
+        let files: Vec<&str> = s.disks.iter().map(|d| d.file.as_str()).collect();
+        assert_eq!(files, ["disk0", "disk1.img"]);
+        assert_eq!(s.zvol_disks().collect::<Vec<_>>(), [0]);
+        // Not placed yet: no device, and a stored spec must be placed.
+        assert_eq!(s.disks[0].device(), None);
+        let e = VmSpec::from_toml(&s.to_toml().unwrap()).unwrap_err();
+        assert_eq!(e.key(), Some("disk[0].volume"));
+        s.place_volumes("tank/labd/vms/vm1");
+        assert_eq!(
+            s.disks[0].volume.as_deref(),
+            Some("tank/labd/vms/vm1/disk0")
+        );
+        assert_eq!(s.disks[1].volume, None);
+        assert_eq!(
+            s.disks[0].device().as_deref(),
+            Some("/dev/zvol/tank/labd/vms/vm1/disk0")
+        );
+        assert_eq!(s.disks[1].device(), None);
+        let text = s.to_toml().unwrap();
+        assert!(
+            text.contains("backing = \"zvol\"") && text.contains("volume = "),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("backing").count(),
+            1,
+            "a file disk says nothing: {text}"
+        );
+        assert_eq!(VmSpec::from_toml(&text).unwrap(), s);
+
+        // The volume is a dataset named after the disk, and only zvol disks have one.
+        for (bad, key) in [
+            ("tank/labd/vms/vm1/disk9", "disk[0].volume"),
+            ("tank/labd/vms/vm1/di sk0", "disk[0].volume"),
+            ("/dev/zvol/tank/disk0", "disk[0].volume"),
+            ("disk0", "disk[0].volume"),
+        ] {
+            let mut b = s.clone();
+            b.disks[0].volume = Some(bad.to_owned());
+            assert_eq!(b.validate().unwrap_err().key(), Some(key), "{bad}");
+        }
+        let mut b = s.clone();
+        b.disks[1].volume = Some("tank/labd/vms/vm1/disk1.img".to_owned());
+        assert_eq!(b.validate().unwrap_err().key(), Some("disk[1].volume"));
+
+        // Sizes: needed, and a multiple of 128K.
+        let zvol = |size: &str| {
+            minimal("").replace("size = \"10G\"", &format!("{size}backing = \"zvol\""))
+        };
+        assert_eq!(
+            key_of(Template::parse(&zvol("image = \"a.raw\"\n"))),
+            "disk[0].size"
+        );
+        let e = Template::parse(&zvol("size = \"1100K\"\n")).unwrap_err();
+        assert_eq!(e.key(), Some("disk[0].size"));
+        assert!(e.to_string().contains("128K"), "{e}");
+        Template::parse(&zvol("size = \"1152K\"\n")).unwrap();
+        let e = Template::parse(&zvol("size = \"1G\"\n").replace("zvol", "lvm")).unwrap_err();
+        assert!(e.to_string().contains("backing"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //! puts devices first so that a device's `-s` precedes any `-o` that configures it).
 //!
 //! * Devices, every slot written `bus:slot:function` (fork, Jan 2025): `-s 0,hostbridge`,
-//!   `-s 31,lpc`; disks from slot 4 (UEFI: one slot each; bhyveload: functions of slot 4);
+//!   `-s 31,lpc`; disks from slot 4 (UEFI: one slot each; bhyveload: functions of slot 4), a
+//!   file disk as its path in the VM's directory, a zvol disk as its device node
+//!   `/dev/zvol/<pool>/…/diskN` (vm-bhyve's `zvol`/`sparse-zvol` disks, reference/bhyve.md §5;
+//!   with `volmode=dev` it is a character device bhyve's block backend opens like a disk);
 //!   the cloud-init seed as the next disk (read-only, `virtio-blk` or `ahci-cd`, see
 //!   [`SeedBus`]); NICs as functions of the next slot, each with its `mac=`; with graphics,
 //!   `fbuf` and `xhci,tablet` one slot each.
@@ -35,7 +38,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use crate::core::vmspec::{ByteSize, Loader, SeedBus, VmSpec};
+use crate::core::vmspec::{ByteSize, Disk, DiskBacking, Loader, SeedBus, VmSpec};
 use crate::host::runner::Argv;
 
 /// The bhyve program.
@@ -133,6 +136,14 @@ pub enum BhyveError {
     /// The devices do not fit below the LPC slot.
     #[error("VM '{0}': its devices need more PCI slots than bhyve has")]
     OutOfSlots(String),
+    /// A zvol disk whose volume the spec does not name (a spec labd did not create).
+    #[error("VM '{name}': zvol disk '{file}' names no volume")]
+    NoVolume {
+        /// The VM.
+        name: String,
+        /// The disk's name.
+        file: String,
+    },
     /// A path that cannot be passed in a bhyve device option.
     #[error("path '{}' cannot be given to bhyve: {why}", .path.display())]
     BadPath {
@@ -268,6 +279,19 @@ fn sequence_words(
     Ok(out)
 }
 
+/// What bhyve and bhyveload open for disk `d`: a zvol's device node, else the file in the VM's
+/// directory.
+fn disk_path(spec: &VmSpec, paths: &VmPaths, d: &Disk) -> Result<String, BhyveError> {
+    match (d.backing, d.device()) {
+        (DiskBacking::File, _) => path_arg(&paths.disk(&d.file)),
+        (_, Some(device)) => path_arg(Path::new(&device)),
+        (_, None) => Err(BhyveError::NoVolume {
+            name: spec.name.clone(),
+            file: d.file.clone(),
+        }),
+    }
+}
+
 /// bhyve's `-m` size: whole GiB as `NG`, else MiB as `NM` (bhyve.8 `-m`; the spec guarantees
 /// whole MiB).
 fn memory_arg(size: ByteSize) -> String {
@@ -314,7 +338,7 @@ fn bhyveload_words(spec: &VmSpec, paths: &VmPaths) -> Result<Vec<String>, BhyveE
         "-e".to_owned(),
         format!("bhyve_vm_name={}", spec.name),
         "-d".to_owned(),
-        path_arg(&paths.disk(&boot.file))?,
+        disk_path(spec, paths, boot)?,
         spec.name.clone(),
     ])
 }
@@ -368,11 +392,7 @@ fn bhyve_words(
     // otherwise (at most 7 disks + the seed = functions 0-7).
     let mut blocks: Vec<String> = Vec::with_capacity(spec.disks.len() + 1);
     for d in &spec.disks {
-        blocks.push(format!(
-            "{},{}",
-            d.bus.as_str(),
-            path_arg(&paths.disk(&d.file))?
-        ));
+        blocks.push(format!("{},{}", d.bus.as_str(), disk_path(spec, paths, d)?));
     }
     if let Some(bus) = spec.seed() {
         let seed = path_arg(&paths.seed())?;
@@ -565,6 +585,25 @@ switch = "public"
                  -e autoboot_delay=3 -e bhyve_vm_name=fbsd -d /tank/labd/vm/fbsd/disk0.img fbsd",
                 Uuid::from_u128(UUID)
             )
+        );
+    }
+
+    #[test]
+    fn golden_bhyveload_freebsd_zvol() {
+        let text = FREEBSD.replace("size = \"20G\"", "size = \"20G\"\nbacking = \"zvol\"");
+        let mut s = spec(&text, "freebsd-zvol", "fbsd");
+        // A zvol disk names no device until create records its volume.
+        assert_eq!(
+            bhyve_argv(&s, &paths("fbsd"), &taps(1), &Firmware::default()).unwrap_err(),
+            BhyveError::NoVolume {
+                name: "fbsd".to_owned(),
+                file: "disk0".to_owned()
+            }
+        );
+        s.place_volumes("tank/labd/vm/fbsd");
+        check(
+            &s,
+            include_str!("bhyve/fixtures/bhyveload-freebsd-zvol.argv"),
         );
     }
 

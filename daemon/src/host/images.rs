@@ -13,6 +13,14 @@
 //! The disk then grows to the size the template or the request asks for (`set_len`: sparse);
 //! a size below the image's is refused, since shrinking would cut the guest's file system.
 //! cloud-init's growpart grows the guest's partition and file system at first boot.
+//!
+//! A zvol disk is written differently ([`import_to_device`]): its volume already exists at the
+//! final size, so nothing is created, truncated, grown or removed; the image is written into
+//! the device node. All-zero blocks of a raw image are still skipped by seeking, because a new
+//! volume reads back as zeros: it is all holes (`zfs create -s` only leaves out the
+//! reservation, it allocates nothing) and a hole of a ZFS object reads as zeros (the zvol read
+//! paths, `zvol_os.c`, go through `dmu_read`). qemu-img is told the same (`-n
+//! --target-is-zero`: write into the existing target, skip its zero blocks).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -154,9 +162,50 @@ fn classify(head: &[u8], name: &str) -> Result<Format, ImageError> {
     }
 }
 
+/// What an image is written into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dest {
+    /// A new file, created by the import (`create_new`) and sized with `set_len`.
+    NewFile,
+    /// An existing device of the final size whose every block reads as zeros (a new zvol):
+    /// opened for writing only, never created, truncated, resized or removed.
+    ZeroedDevice,
+}
+
 /// Make the new disk `dst` from image `src`, grown to `size` (or the image's size). Reports
 /// progress on the current job. `dst` must not exist. Returns the disk's size.
 pub async fn import(src: &Path, dst: &Path, size: Option<u64>) -> Result<u64, ImageError> {
+    let (target, virtual_size) = write_image(src, dst, size, Dest::NewFile).await?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dst)
+        .map_err(io("cannot open", dst))?;
+    f.set_len(target).map_err(io("cannot grow", dst))?;
+    f.sync_all().map_err(io("cannot sync", dst))?;
+    if target > virtual_size {
+        log_line(format!("grew {} to {target} bytes", dst.display()));
+    }
+    progress(100);
+    Ok(target)
+}
+
+/// Write image `src` into `device`, the node of a new volume of `size` bytes that reads as
+/// zeros (module docs). The device is not resized: the volume was created at its final size.
+/// Reports progress on the current job. Returns `size`.
+pub async fn import_to_device(src: &Path, device: &Path, size: u64) -> Result<u64, ImageError> {
+    write_image(src, device, Some(size), Dest::ZeroedDevice).await?;
+    progress(100);
+    Ok(size)
+}
+
+/// Check the image against the disk size and write it into `dst`; returns the disk's size and
+/// the image's.
+async fn write_image(
+    src: &Path,
+    dst: &Path,
+    size: Option<u64>,
+    dest: Dest,
+) -> Result<(u64, u64), ImageError> {
     let format = detect(src).await?;
     let virtual_size = match format {
         Format::Raw => std::fs::metadata(src)
@@ -185,33 +234,36 @@ pub async fn import(src: &Path, dst: &Path, size: Option<u64>) -> Result<u64, Im
                     j.progress(pct);
                 }
             };
-            tokio::task::spawn_blocking(move || copy_sparse(&s, &d, virtual_size, report))
+            tokio::task::spawn_blocking(move || copy_sparse(&s, &d, virtual_size, dest, report))
                 .await
                 .map_err(|e| ImageError::QemuImg(format!("the copy task failed: {e}")))??;
         }
-        Format::Qcow2 => convert_qcow2(src, dst).await?,
+        Format::Qcow2 => convert_qcow2(src, dst, dest).await?,
     }
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(dst)
-        .map_err(io("cannot open", dst))?;
-    f.set_len(target).map_err(io("cannot grow", dst))?;
-    f.sync_all().map_err(io("cannot sync", dst))?;
-    if target > virtual_size {
-        log_line(format!("grew {} to {target} bytes", dst.display()));
-    }
-    progress(100);
-    Ok(target)
+    Ok((target, virtual_size))
 }
 
-/// Copy `len` bytes of `src` to the new file `dst`, leaving holes for all-zero blocks.
-fn copy_sparse(src: &Path, dst: &Path, len: u64, progress: impl Fn(u8)) -> Result<(), ImageError> {
+/// Copy `len` bytes of `src` to `dst`, skipping all-zero blocks: holes in a new file, blocks
+/// left as they are (zeros) on a zeroed device.
+fn copy_sparse(
+    src: &Path,
+    dst: &Path,
+    len: u64,
+    dest: Dest,
+    progress: impl Fn(u8),
+) -> Result<(), ImageError> {
     let mut input = std::fs::File::open(src).map_err(io("cannot open", src))?;
-    let mut output = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dst)
-        .map_err(io("cannot create", dst))?;
+    let mut output = match dest {
+        Dest::NewFile => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dst)
+            .map_err(io("cannot create", dst))?,
+        Dest::ZeroedDevice => std::fs::OpenOptions::new()
+            .write(true)
+            .open(dst)
+            .map_err(io("cannot open", dst))?,
+    };
     let mut buf = vec![0u8; CHUNK];
     let mut done: u64 = 0;
     let mut last_pct = 0;
@@ -237,8 +289,10 @@ fn copy_sparse(src: &Path, dst: &Path, len: u64, progress: impl Fn(u8)) -> Resul
             last_pct = pct;
         }
     }
-    // Trailing holes: the length comes from set_len, not from a write.
-    output.set_len(done).map_err(io("cannot size", dst))?;
+    if dest == Dest::NewFile {
+        // Trailing holes: the length comes from set_len, not from a write.
+        output.set_len(done).map_err(io("cannot size", dst))?;
+    }
     output.sync_all().map_err(io("cannot sync", dst))
 }
 
@@ -270,12 +324,23 @@ async fn qcow2_size(src: &Path) -> Result<u64, ImageError> {
         .ok_or_else(|| ImageError::QemuImg("`qemu-img info` gave no virtual-size".to_owned()))
 }
 
-/// `qemu-img convert -p -f qcow2 -O raw SRC DST`, its progress passed on to the job.
-async fn convert_qcow2(src: &Path, dst: &Path) -> Result<(), ImageError> {
-    let argv = Argv::new("qemu-img")
-        .args(["convert", "-p", "-f", "qcow2", "-O", "raw"])
+/// The qemu-img command that writes qcow2 image `src` as raw into `dst`: `qemu-img convert -p
+/// -f qcow2 -O raw SRC DST`, which creates the file; into a zeroed device with `-n` (skip the
+/// target's creation: the volume exists) and `--target-is-zero` (it reads as zeros, so zero
+/// blocks need not be written; qemu-img.1, QEMU 5.0+).
+fn convert_argv(src: &Path, dst: &Path, dest: Dest) -> Argv {
+    let mut argv = Argv::new("qemu-img").args(["convert", "-p"]);
+    if dest == Dest::ZeroedDevice {
+        argv = argv.args(["-n", "--target-is-zero"]);
+    }
+    argv.args(["-f", "qcow2", "-O", "raw"])
         .arg(src.display().to_string())
-        .arg(dst.display().to_string());
+        .arg(dst.display().to_string())
+}
+
+/// Run [`convert_argv`], its `-p` progress passed on to the job.
+async fn convert_qcow2(src: &Path, dst: &Path, dest: Dest) -> Result<(), ImageError> {
+    let argv = convert_argv(src, dst, dest);
     log_line(format!("$ {argv}"));
     let words = argv.to_vec();
     let mut child = tokio::process::Command::new(&words[0])
@@ -325,7 +390,11 @@ async fn convert_qcow2(src: &Path, dst: &Path) -> Result<(), ImageError> {
     if status.success() {
         Ok(())
     } else {
-        let _ = std::fs::remove_file(dst);
+        // A half-written file goes; a device node is never removed (the caller destroys the
+        // volume with the VM's dataset).
+        if dest == Dest::NewFile {
+            let _ = std::fs::remove_file(dst);
+        }
         Err(ImageError::QemuImg(format!("{status}: {}", err.trim())))
     }
 }
@@ -420,6 +489,134 @@ mod tests {
             .expect_err("too small");
         assert!(matches!(e, ImageError::TooSmall { .. }), "{e}");
         assert!(!dir.join("small.img").exists());
+        std::fs::remove_dir_all(&dir).expect("clean");
+    }
+
+    /// 8 MiB of raw image with data at the start, in the middle and in the last byte.
+    fn sample_image() -> Vec<u8> {
+        let mut data = vec![0u8; 8 << 20];
+        data[..512].fill(0xaa);
+        data[4 << 20..(4 << 20) + 4096].fill(0xbb);
+        let last = data.len() - 1;
+        data[last] = 0xcc;
+        data
+    }
+
+    #[tokio::test]
+    async fn into_a_device_nothing_is_created_or_resized() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("labd-import-dev-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let src = dir.join("img.raw");
+        let data = sample_image();
+        std::fs::write(&src, &data).expect("image");
+        // A sparse file of the final size reads as zeros, as a new volume does.
+        let dev = dir.join("zvol");
+        std::fs::File::create(&dev)
+            .and_then(|f| f.set_len(64 << 20))
+            .expect("device");
+        assert_eq!(
+            import_to_device(&src, &dev, 64 << 20)
+                .await
+                .expect("import"),
+            64 << 20
+        );
+        let got = std::fs::read(&dev).expect("read");
+        assert_eq!(got.len(), 64 << 20, "the device keeps its size");
+        assert_eq!(&got[..data.len()], &data[..]);
+        assert!(got[data.len()..].iter().all(|&b| b == 0));
+        let allocated = std::fs::metadata(&dev).expect("meta").blocks() * 512;
+        assert!(
+            allocated < 1 << 20,
+            "zero blocks skipped: {allocated} bytes"
+        );
+        // A missing device is not created, and a too-small one is refused before writing.
+        let gone = dir.join("gone");
+        let e = import_to_device(&src, &gone, 64 << 20)
+            .await
+            .expect_err("missing");
+        assert!(matches!(e, ImageError::Io { .. }), "{e}");
+        assert!(!gone.exists());
+        let e = import_to_device(&src, &dev, 1 << 20)
+            .await
+            .expect_err("small");
+        assert!(matches!(e, ImageError::TooSmall { .. }), "{e}");
+        std::fs::remove_dir_all(&dir).expect("clean");
+    }
+
+    #[test]
+    fn qemu_img_writes_into_an_existing_device() {
+        let (src, dst) = (
+            Path::new("/i/a.qcow2"),
+            Path::new("/dev/zvol/tank/vm/disk0"),
+        );
+        assert_eq!(
+            convert_argv(src, dst, Dest::ZeroedDevice).to_string(),
+            "qemu-img convert -p -n --target-is-zero -f qcow2 -O raw /i/a.qcow2 \
+             /dev/zvol/tank/vm/disk0"
+        );
+        assert_eq!(
+            convert_argv(src, Path::new("/d/disk0.img"), Dest::NewFile).to_string(),
+            "qemu-img convert -p -f qcow2 -O raw /i/a.qcow2 /d/disk0.img"
+        );
+    }
+
+    /// A loop device over a sparse file, detached on drop.
+    struct Loop(String);
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
+        }
+    }
+
+    /// What a zvol is to the importer, a real block device of the final size reading as
+    /// zeros: raw and qcow2 images written into it (zfs-fuse has no volumes; a loop device
+    /// stands in, with the same open/seek/write/fsync calls and the same qemu-img argv).
+    #[tokio::test]
+    async fn into_a_real_block_device() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: loop devices need root");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("labd-import-blk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let data = sample_image();
+        let raw = dir.join("img.raw");
+        std::fs::write(&raw, &data).expect("image");
+        let qcow2 = dir.join("img.qcow2");
+        let out = std::process::Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .args([&raw, &qcow2])
+            .output()
+            .expect("qemu-img");
+        assert!(out.status.success(), "{out:?}");
+        for (n, image) in [&raw, &qcow2].into_iter().enumerate() {
+            let backing = dir.join(format!("backing{n}"));
+            std::fs::File::create(&backing)
+                .and_then(|f| f.set_len(32 << 20))
+                .expect("backing");
+            let out = std::process::Command::new("losetup")
+                .args(["-f", "--show"])
+                .arg(&backing)
+                .output()
+                .expect("losetup");
+            assert!(out.status.success(), "{out:?}");
+            let dev = Loop(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+            let path = Path::new(&dev.0);
+            let kind = std::fs::metadata(path).expect("dev").file_type();
+            assert!(std::os::unix::fs::FileTypeExt::is_block_device(&kind));
+            import_to_device(image, path, 32 << 20)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", image.display()));
+            let got = std::fs::read(path).expect("read back");
+            assert_eq!(got.len(), 32 << 20, "{}", image.display());
+            assert_eq!(&got[..data.len()], &data[..], "{}", image.display());
+            assert!(got[data.len()..].iter().all(|&b| b == 0));
+            drop(dev);
+        }
         std::fs::remove_dir_all(&dir).expect("clean");
     }
 }

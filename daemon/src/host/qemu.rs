@@ -35,11 +35,16 @@
 //!   `<dir>/uefi-vars.fd` (copied once from [`Ovmf::vars_template`]). Direct kernel boot:
 //!   `-kernel`, `-initrd`, `-append`, relative file names taken from the test-guest directory.
 //!   `loader = "bhyveload"` is refused: FreeBSD guests boot under QEMU with UEFI.
-//! * Disks: `-drive file=…,if=none,id=diskN,format=raw,cache=writeback,discard=unmap` (disks
-//!   are raw sparse files or zvols; `format=raw` stops QEMU from probing a guest-written image
-//!   for a format; `cache=writeback` is QEMU's default and, unlike `cache=none`, needs no
-//!   `O_DIRECT`, which zfs-fuse and older OpenZFS do not offer; guest flushes are still passed
-//!   down; `discard=unmap` lets the guest's TRIM free blocks of the sparse file), then a device:
+//! * Disks: `-drive file=…,if=none,id=diskN,format=raw,cache=writeback,discard=unmap` for a
+//!   sparse file, `file=/dev/zvol/<pool>/…/diskN,…,cache=none,…` for a zvol (`format=raw` stops
+//!   QEMU from probing a guest-written image for a format). For a file `cache=writeback`, QEMU's
+//!   default, because unlike `cache=none` it needs no `O_DIRECT`, which zfs-fuse and older
+//!   OpenZFS do not offer on files. A zvol is a block device, where the kernel's block layer
+//!   provides `O_DIRECT` whatever the ZFS, and `cache=none` (`cache.direct=on`) keeps the
+//!   host's page cache out: ZFS's ARC already caches the volume, so writeback would cache it
+//!   twice. Both keep `cache.no-flush=off`, so guest flushes reach ZFS. `discard=unmap` passes
+//!   the guest's TRIM down: holes punched in the sparse file, blocks freed in the sparse volume
+//!   (zvols take discards). Then a device:
 //!   `virtio-blk-pci`, `nvme` (with `serial=labd-diskN`, which QEMU requires), or `ide-hd` on a
 //!   port of the AHCI controller q35 always has (`ide.0` to `ide.5`). The boot disk gets
 //!   `bootindex=1` (OVMF follows it). The cloud-init seed comes after the disks, read-only:
@@ -56,7 +61,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::vmspec::{DiskBus, Loader, NicModel, SeedBus, VmSpec};
+use crate::core::vmspec::{Disk, DiskBacking, DiskBus, Loader, NicModel, SeedBus, VmSpec};
 use crate::host::bhyve::ExitMeaning;
 use crate::host::runner::Argv;
 
@@ -238,6 +243,14 @@ pub enum QemuError {
     /// More AHCI devices than q35's controller has ports.
     #[error("VM '{0}': more than {AHCI_PORTS} AHCI disks and CD-ROMs")]
     OutOfAhciPorts(String),
+    /// A zvol disk whose volume the spec does not name (a spec labd did not create).
+    #[error("VM '{name}': zvol disk '{file}' names no volume")]
+    NoVolume {
+        /// The VM.
+        name: String,
+        /// The disk's name.
+        file: String,
+    },
     /// A path that cannot be passed to QEMU.
     #[error("path '{}' cannot be given to QEMU: {why}", .path.display())]
     BadPath {
@@ -323,6 +336,24 @@ fn kernel_file(spec: &VmSpec, file: &str, kernel_dir: Option<&Path>) -> Result<S
             .join(p)
     };
     Ok(path_str(&full)?.to_owned())
+}
+
+/// The `-drive` value of disk `i` (module docs): a file in the VM's directory with the host's
+/// page cache, or a zvol's device node without it.
+fn disk_drive(spec: &VmSpec, paths: &QemuPaths, i: usize, d: &Disk) -> Result<String, QemuError> {
+    let (file, cache) = match (d.backing, d.device()) {
+        (DiskBacking::File, _) => (opt_path(&paths.disk(&d.file))?, "writeback"),
+        (DiskBacking::Zvol, Some(device)) => (opt_path(Path::new(&device))?, "none"),
+        (DiskBacking::Zvol, None) => {
+            return Err(QemuError::NoVolume {
+                name: spec.name.clone(),
+                file: d.file.clone(),
+            });
+        }
+    };
+    Ok(format!(
+        "file={file},if=none,id=disk{i},format=raw,cache={cache},discard=unmap"
+    ))
 }
 
 /// Hands out ports of q35's AHCI controller.
@@ -478,14 +509,7 @@ fn qemu_words(
     let boot = spec.boot_disk();
     for (i, d) in spec.disks.iter().enumerate() {
         let id = format!("disk{i}");
-        push(
-            &mut w,
-            "-drive",
-            format!(
-                "file={},if=none,id={id},format=raw,cache=writeback,discard=unmap",
-                opt_path(&paths.disk(&d.file))?
-            ),
-        );
+        push(&mut w, "-drive", disk_drive(spec, paths, i, d)?);
         let mut dev = match d.bus {
             DiskBus::VirtioBlk => format!("virtio-blk-pci,drive={id}"),
             DiskBus::Nvme => format!("nvme,drive={id},serial=labd-{id}"),
@@ -641,6 +665,37 @@ mod tests {
             &s,
             Accel::Kvm,
             include_str!("qemu/fixtures/dev-two-disks-two-nics-kvm.argv"),
+        );
+    }
+
+    const ZVOL: &str = r#"
+description = "UEFI guest with a zvol boot disk and a file data disk"
+loader = "uefi"
+memory = "512M"
+[cpu]
+count = 1
+[[disk]]
+size = "1G"
+backing = "zvol"
+[[disk]]
+size = "1G"
+"#;
+
+    #[test]
+    fn golden_zvol_and_file_disks_uefi_tcg() {
+        let mut s = spec(ZVOL, "zvol", "vol");
+        assert_eq!(
+            build(&s, Accel::Tcg).unwrap_err(),
+            QemuError::NoVolume {
+                name: "vol".to_owned(),
+                file: "disk0".to_owned()
+            }
+        );
+        s.place_volumes("tank/labd/vm/vol");
+        check(
+            &s,
+            Accel::Tcg,
+            include_str!("qemu/fixtures/zvol-and-file-disks-uefi-tcg.argv"),
         );
     }
 

@@ -805,3 +805,65 @@ fn a_vm_snapshot_clones_into_a_new_machine() {
         lab.labctl(&["vm", "destroy", vm]).ok();
     }
 }
+
+/// A template whose boot disk is a ZFS volume; zfs-fuse has none.
+const ZVOL_TEMPLATE: &str = r#"
+description = "UEFI guest on a sparse zvol"
+loader = "uefi"
+memory = "512M"
+[cpu]
+count = 1
+[[disk]]
+size = "1G"
+backing = "zvol"
+"#;
+
+/// zfs-fuse has no volumes (`zfs create -V` aborts, reference/zfs.md §2): the probe says so, and
+/// `vm create` of a template with a zvol disk is refused before anything is made, naming the
+/// disk's `backing` and why. What the VM would run is still shown (the template is valid; the
+/// host lacks volumes), with the volume's device node.
+#[test]
+fn zvol_disks_are_refused_on_a_zfs_without_volumes() {
+    let lab = Lab::start_with(LabOptions {
+        tables: "[vms]\ntemplates_dir = \"{dir}/templates\"\n".to_owned(),
+        ..LabOptions::default()
+    });
+    std::fs::create_dir_all(lab.dir.join("templates")).expect("templates dir");
+    std::fs::write(lab.dir.join("templates/onzvol.toml"), ZVOL_TEMPLATE).expect("template");
+
+    let status = lab.labctl(&["--output", "json", "status"]).ok().json();
+    let zfs = status["system"]["drivers"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["subsystem"] == "zfs"))
+        .cloned()
+        .unwrap_or_else(|| panic!("zfs driver in {status}"));
+    let caps = zfs["capabilities"].to_string();
+    assert!(!caps.contains("zvols"), "{caps}");
+
+    let before = lab.inventory();
+    let out = lab
+        .labctl(&["vm", "create", "vol1", "--template", "onzvol"])
+        .code(1);
+    for needle in [
+        "disk[0].backing",
+        "\"zvol\"",
+        "has none",
+        "unsupported_backing",
+    ] {
+        assert!(out.stderr.contains(needle), "{needle} in {}", out.stderr);
+    }
+    assert_eq!(lab.inventory(), before, "nothing was made");
+    assert!(vm_names(&lab).is_empty());
+
+    let preview = lab
+        .labctl(&[
+            "template", "command", "onzvol", "--driver", "qemu", "--vm", "vol1",
+        ])
+        .ok()
+        .stdout;
+    let device = format!("file=/dev/zvol/{}/disk0,", lab.ds("vms/vol1"));
+    assert!(
+        preview.contains(&device) && preview.contains("cache=none"),
+        "{device} in {preview}"
+    );
+}

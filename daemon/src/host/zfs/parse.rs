@@ -147,6 +147,9 @@ pub struct Capabilities {
     pub holds_listing: bool,
     /// `zpool list -p` (exact numbers).
     pub zpool_parsable: bool,
+    /// ZFS volumes labd can use as VM disks: `zfs create … -V <size> <volume>` and the
+    /// `volmode` property (see [`capabilities`]).
+    pub zvols: bool,
 }
 
 impl Capabilities {
@@ -159,6 +162,7 @@ impl Capabilities {
             (self.get_type_filter, "get_type_filter"),
             (self.holds_listing, "holds_listing"),
             (self.zpool_parsable, "zpool_parsable"),
+            (self.zvols, "zvols"),
         ]
         .into_iter()
         .filter(|(on, _)| *on)
@@ -196,15 +200,30 @@ fn first_flags(block: &str) -> &str {
         .map_or("", |(flags, _)| flags)
 }
 
+/// Whether the property table `zfs get` prints with its usage lists `property`.
+fn lists_property(get_usage: &str, property: &str) -> bool {
+    get_usage
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(property))
+}
+
 /// Read capabilities from the usage text of `zfs` and `zpool` (printed when run without
-/// arguments), the way zrepl probes `zfs destroy` for comma lists.
-pub fn capabilities(zfs_usage: &str, zpool_usage: &str) -> Capabilities {
+/// arguments) and of `zfs get` (which adds the table of properties), the way zrepl probes
+/// `zfs destroy` for comma lists.
+///
+/// Volumes need two things: the `-V <size> <volume>` form of `create` and the `volmode`
+/// property. The form alone is not enough: zfs-fuse 0.7 prints it too, but its `zfs create -V`
+/// aborts with `internal error: Function not implemented` (reference/zfs.md §2); it has no
+/// `volmode` either, and labd creates every volume with `volmode=dev` (so that the host never
+/// reads the guest's partition table), which only OpenZFS (FreeBSD and Linux) has.
+pub fn capabilities(zfs_usage: &str, zpool_usage: &str, zfs_get_usage: &str) -> Capabilities {
     let snapshot = usage_block(zfs_usage, "snapshot");
     let destroy = usage_block(zfs_usage, "destroy");
     let set = usage_block(zfs_usage, "set");
     let get = usage_block(zfs_usage, "get");
     let holds = usage_block(zfs_usage, "holds");
     let zpool_list = usage_block(zpool_usage, "list");
+    let create = usage_block(zfs_usage, "create");
     Capabilities {
         multi_snapshot: snapshot.contains("@<snap> ..."),
         comma_destroy: destroy.contains("[,...]"),
@@ -212,6 +231,7 @@ pub fn capabilities(zfs_usage: &str, zpool_usage: &str) -> Capabilities {
         get_type_filter: get.contains("[-t type"),
         holds_listing: first_flags(&holds).contains('H'),
         zpool_parsable: first_flags(&zpool_list).contains('p'),
+        zvols: create.contains("-V <size> <volume>") && lists_property(zfs_get_usage, "volmode"),
     }
 }
 
@@ -223,20 +243,43 @@ mod tests {
     const FUSE_ZPOOL: &str = include_str!("fixtures/zfs-fuse-0.7.zpool-usage.txt");
     const OZFS_ZFS: &str = include_str!("fixtures/openzfs-2.2.zfs-usage.txt");
     const OZFS_ZPOOL: &str = include_str!("fixtures/openzfs-2.2.zpool-usage.txt");
+    const FUSE_GET: &str = include_str!("fixtures/zfs-fuse-0.7.zfs-get-usage.txt");
+    const OZFS_GET: &str = include_str!("fixtures/openzfs-2.2.zfs-get-usage.txt");
 
     #[test]
     fn zfs_fuse_has_none_of_the_batch_forms() {
-        assert_eq!(capabilities(FUSE_ZFS, FUSE_ZPOOL), Capabilities::default());
+        assert_eq!(
+            capabilities(FUSE_ZFS, FUSE_ZPOOL, FUSE_GET),
+            Capabilities::default()
+        );
     }
 
     #[test]
     fn openzfs_has_them_all() {
-        let c = capabilities(OZFS_ZFS, OZFS_ZPOOL);
+        let c = capabilities(OZFS_ZFS, OZFS_ZPOOL, OZFS_GET);
         assert!(c.multi_snapshot && c.comma_destroy && c.multi_set, "{c:?}");
         assert!(
-            c.get_type_filter && c.holds_listing && c.zpool_parsable,
+            c.get_type_filter && c.holds_listing && c.zpool_parsable && c.zvols,
             "{c:?}"
         );
+        assert!(c.names().contains(&"zvols".to_owned()));
+    }
+
+    #[test]
+    fn zvols_need_the_volume_form_and_volmode() {
+        // zfs-fuse prints `create … -V <size> <volume>` but has no volmode (and its -V aborts).
+        assert!(usage_block(FUSE_ZFS, "create").contains("-V <size> <volume>"));
+        assert!(lists_property(FUSE_GET, "volsize") && !lists_property(FUSE_GET, "volmode"));
+        assert!(!capabilities(FUSE_ZFS, FUSE_ZPOOL, FUSE_GET).zvols);
+        // volmode alone is not enough either, nor is a probe whose `zfs get` printed nothing.
+        let fs_only = OZFS_ZFS.replace("-V <size> <volume>", "<filesystem>");
+        assert!(!capabilities(&fs_only, OZFS_ZPOOL, OZFS_GET).zvols);
+        assert!(!capabilities(OZFS_ZFS, OZFS_ZPOOL, "").zvols);
+        // The header and the values column never count as the property.
+        assert!(!lists_property(
+            "\tPROPERTY  EDIT\n\tfoo  YES  volmode\n",
+            "volmode"
+        ));
     }
 
     #[test]
