@@ -10,19 +10,19 @@
 //! | reboot              | started again at once  | at once             | at once             |
 //! | poweroff, halt      | stopped                | stopped             | again, with backoff |
 //! | fault (crash, kill) | crashed                | again, with backoff | again, with backoff |
+//! | unknown (adopted)   | stopped                | stopped             | again, with backoff |
 //!
 //! Backoff doubles from `[vms] restart_backoff` and a run of [`RestartRules::STABLE`] resets
 //! it; after `[vms] restart_limit` failed runs in a row the VM is left `crashed` with the
-//! reason (no endless crash loop). A stop request wins over everything: the ACPI power button
-//! (QMP `system_powerdown`), the spec's `stop_timeout`, then SIGKILL.
+//! reason (no endless crash loop). A stop request wins over everything: the ACPI power button,
+//! the spec's `stop_timeout`, then forced off.
 //!
 //! Each run records `run.json` (pid, uuid, driver) in the VM's directory. The hypervisor runs
 //! in its own process group and outlives labd: when labd restarts, [`adopt`] finds the
 //! record, checks the process is still that VM's (alive, and it names the VM), reconnects QMP
 //! and the console and watches it again; a record whose process is gone or is someone else's
 //! is removed (a stale instance). An adopted hypervisor is not labd's child, so its exit
-//! status is unknown: unless QMP said why, such an end is `unknown` and only
-//! `restart = "always"` starts the VM again. The console is a
+//! status is unknown: unless QMP said why, such an end is `unknown`. The console is a
 //! [`Console`] that survives reboots, so attached clients stay attached.
 //!
 //! What differs between QEMU and bhyve (launch, power button, forced off, what an end means,
