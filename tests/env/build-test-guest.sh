@@ -16,9 +16,10 @@ set -eu
 CACHE=${1:-/var/cache/labd-test-guest}
 BANNER="LABD-TEST-GUEST up"
 PACKAGES="busybox-static cpio qemu-system-x86"
-# Modules the power button needs (test-guest.md "ACPI shutdown"); their dependencies are
-# added from each module's `depends=` modinfo field.
-MODULES="evdev button"
+# Modules the power button needs (test-guest.md "ACPI shutdown"), and those that read a
+# cloud-init seed on a virtio disk; their dependencies are added from each module's
+# `depends=` modinfo field.
+MODULES="evdev button virtio_pci virtio_blk isofs"
 
 log() { echo "build-test-guest: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -175,6 +176,20 @@ while [ "\$k" -le "\$n" ]; do
     while [ ! -e "/run/armed.\$k" ]; do usleep 10000; done
     k=\$((k + 1))
 done
+# A cloud-init seed attached as a virtio disk (the only disk of a VM made from a template
+# with [cloud_init]): print its label and files, so tests see what a real kernel reads.
+# (virtio_blk probes the disks that exist while insmod runs: no waiting.)
+if [ -b /dev/vda ]; then
+    # The ISO 9660 volume identifier: 32 bytes at 0x8028, in the primary volume descriptor.
+    echo "seed: volume id \$(dd if=/dev/vda bs=1 skip=32808 count=32 2>/dev/null)"
+    mkdir -p /seed
+    if mount -t iso9660 -o ro /dev/vda /seed; then
+        for f in meta-data network-config; do
+            sed "s/^/seed \$f: /" "/seed/\$f"
+        done
+        umount /seed
+    fi
+fi
 echo "$BANNER"
 # Console input (labctl vm console): echo lines back; "reboot" and "poweroff" act from inside
 # the guest, so tests can tell a guest's own reboot from its poweroff.

@@ -867,3 +867,82 @@ fn zvol_disks_are_refused_on_a_zfs_without_volumes() {
         "{device} in {preview}"
     );
 }
+
+/// The tiny guest with a cloud-init seed: its kernel finds the seed disk, reads the label and
+/// the files labd wrote, and prints them before its banner.
+const SEEDED_TEMPLATE: &str = r#"description = "Test guest with a cloud-init seed"
+loader = "kernel"
+kernel = "vmlinuz"
+initrd = "initrd.gz"
+cmdline = "console=ttyS0 quiet panic=-1"
+memory = "256M"
+stop_timeout = "10s"
+[cpu]
+count = 1
+[[nic]]
+switch = "SWITCH"
+[cloud_init]
+user = "debian"
+seed_bus = "virtio-blk"
+"#;
+
+#[test]
+fn a_real_guest_kernel_reads_the_seed_labd_wrote() {
+    let guest = labd_e2e::test_guest_dir();
+    let sw = format!("sd{}", std::process::id() % 100_000);
+    let lab = Lab::start_with(LabOptions {
+        tables: format!(
+            "[vms]\ndriver = \"qemu\"\naccel = \"tcg\"\nkernel_dir = \"{}\"\n\
+             templates_dir = \"{{dir}}/templates\"\n",
+            guest.display()
+        ),
+        ..LabOptions::default()
+    });
+    std::fs::create_dir_all(lab.dir.join("templates")).expect("templates");
+    std::fs::write(
+        lab.dir.join("templates/seeded.toml"),
+        SEEDED_TEMPLATE.replace("SWITCH", &sw),
+    )
+    .expect("template");
+    lab.labctl(&["switch", "create", &sw]).ok();
+    lab.labctl(&[
+        "vm",
+        "create",
+        "s1",
+        "--template",
+        "seeded",
+        "--ip",
+        "192.168.50.7/24",
+        "--gateway",
+        "192.168.50.1",
+    ])
+    .ok();
+    let info = vm_json(&lab, "s1");
+    let uuid = info["uuid"].as_str().expect("uuid").to_owned();
+    let mac = info["nics"][0]["mac"].as_str().expect("mac").to_owned();
+    let dir = std::path::PathBuf::from(lab.prop(&lab.ds("vms/s1"), "mountpoint"));
+    let console = dir.join("console.log");
+    lab.labctl(&["vm", "start", "s1"]).ok();
+    wait_banners(&lab, &console, 1);
+    let log = std::fs::read_to_string(&console).expect("console.log");
+    lab.labctl(&["vm", "stop", "s1", "--force"]).ok();
+    lab.labctl(&["vm", "destroy", "s1"]).ok();
+    lab.labctl(&["switch", "destroy", &sw]).ok();
+
+    let seed: Vec<&str> = log.lines().filter(|l| l.starts_with("seed")).collect();
+    let has = |needle: &str| seed.iter().any(|l| l.contains(needle));
+    assert!(
+        seed.iter()
+            .any(|l| l.trim_end() == "seed: volume id cidata"),
+        "{seed:#?}"
+    );
+    assert!(
+        has(&format!("seed meta-data: instance-id: \"{uuid}-")),
+        "{seed:#?}"
+    );
+    assert!(has("seed meta-data: local-hostname: \"s1\""), "{seed:#?}");
+    assert!(
+        has(&mac) && has("192.168.50.7/24") && has("192.168.50.1"),
+        "{seed:#?}"
+    );
+}
