@@ -201,6 +201,8 @@ struct Inventory {
     errors: u64,
     /// Refreshes done.
     refreshes: u64,
+    /// CPU seconds of each running VM's hypervisor process, by VM name.
+    vm_cpu: Arc<HashMap<String, f64>>,
 }
 
 /// labd's metrics.
@@ -298,7 +300,7 @@ impl Metrics {
 
         out.push_str(&inventory.pools);
         out.push_str(&inventory.datasets);
-        render_vms(&mut out, &lock(&self.vms));
+        render_vms(&mut out, &lock(&self.vms), &self.inventory().vm_cpu);
         header(
             &mut out,
             "labd_inventory_refreshes_total",
@@ -619,7 +621,12 @@ fn changes_inventory(kind: &str) -> bool {
         || kind.starts_with("snapshot.")
         || matches!(
             kind,
-            "policy.run.finished" | "config.reloaded" | "vm.created" | "vm.destroyed"
+            "policy.run.finished"
+                | "config.reloaded"
+                | "vm.created"
+                | "vm.destroyed"
+                // The new process's CPU time is read with the inventory.
+                | "vm.started"
         )
 }
 
@@ -766,7 +773,7 @@ fn render_datasets(rows: &[PropRow]) -> String {
 /// Append the `labd_vm_*` families: a few series per VM, whose state and counters are
 /// bounded sets ([`vmstate::STATES`], [`vmstate::MEANINGS`]), so cardinality grows with the
 /// number of VMs only.
-fn render_vms(out: &mut String, table: &VmTable) {
+fn render_vms(out: &mut String, table: &VmTable, cpu: &HashMap<String, f64>) {
     let vms: Vec<(String, &vmstate::VmView)> =
         table.iter().map(|v| (escape_label(&v.name), v)).collect();
     header(
@@ -848,6 +855,21 @@ fn render_vms(out: &mut String, table: &VmTable) {
     }
     header(
         out,
+        "labd_vm_cpu_seconds_total",
+        "counter",
+        "CPU time (user + system) of the VM's hypervisor process as of the last inventory refresh; starts again at 0 with each run.",
+    );
+    for (vm, v) in &vms {
+        if let Some(seconds) = cpu.get(&v.name).filter(|_| v.up()) {
+            let _ = writeln!(
+                out,
+                "labd_vm_cpu_seconds_total{{vm=\"{vm}\"}} {}",
+                float(*seconds)
+            );
+        }
+    }
+    header(
+        out,
         "labd_vm_exits_total",
         "counter",
         "Ended runs of the VM's hypervisor, by what the end meant (poweroff, reboot, halt, fault, unknown).",
@@ -898,6 +920,17 @@ async fn refresh(core: &Core, previous: &Inventory) -> (Inventory, Option<Vec<wi
             None
         }
     };
+    let running: Vec<(&str, u32)> = vms
+        .iter()
+        .flatten()
+        .filter_map(|v| v.pid.map(|p| (v.name.as_str(), p)))
+        .collect();
+    let pids: Vec<u32> = running.iter().map(|(_, p)| *p).collect();
+    let by_pid = crate::host::procstat::cpu_seconds(&pids).await;
+    let vm_cpu = running
+        .iter()
+        .filter_map(|(name, pid)| by_pid.get(pid).map(|s| ((*name).to_owned(), *s)))
+        .collect();
     let inventory = Inventory {
         pools,
         datasets,
@@ -905,6 +938,7 @@ async fn refresh(core: &Core, previous: &Inventory) -> (Inventory, Option<Vec<wi
         duration: started.elapsed().as_secs_f64(),
         errors: previous.errors + u64::from(failed),
         refreshes: previous.refreshes + 1,
+        vm_cpu: Arc::new(vm_cpu),
     };
     (inventory, vms)
 }

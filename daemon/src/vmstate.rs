@@ -108,9 +108,12 @@ impl VmView {
         matches!(self.state.as_str(), "running" | "stopping")
     }
 
-    /// The MQTT state document.
+    /// The MQTT state document. Uptime is given as the start time of the running hypervisor
+    /// (`started_at`, RFC 3339) so that the retained document changes only when the VM does.
     pub fn document(&self) -> Value {
+        let started_at = self.started_at.filter(|_| self.up()).map(|t| t.to_string());
         json!({
+            "started_at": started_at,
             "name": self.name,
             "uuid": self.uuid,
             "template": self.template,
@@ -400,6 +403,7 @@ mod tests {
             web.document(),
             json!({"name": "web", "uuid": uuid::Uuid::from_u128(7).to_string(),
                    "template": "tiny", "state": "running", "pid": 101, "last_exit": "fault",
+                   "started_at": "2023-11-14T22:13:20Z",
                    "restarts": 1, "message": null, "cpus": 2, "memory": 536_870_912})
         );
         assert!(web.up());

@@ -8,6 +8,7 @@ pub mod images;
 pub mod net;
 pub mod nfs;
 // Parts serve only the bhyve driver's golden tests so far.
+pub mod procstat;
 #[allow(dead_code)]
 pub mod qemu;
 pub mod qmp;

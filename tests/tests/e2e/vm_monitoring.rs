@@ -127,6 +127,10 @@ fn a_vm_restart_shows_in_metrics_and_on_mqtt() {
             && value(t, &state("running")) == Some(1.0)
             && value(t, &s("labd_vm_start_timestamp_seconds")).is_some()
     });
+    // The start refreshes the inventory, which reads QEMU's CPU time with ps.
+    scrape_until(&lab, Duration::from_secs(15), "VM CPU time", |t| {
+        value(t, &s("labd_vm_cpu_seconds_total")).is_some_and(|v| v >= 0.0)
+    });
     broker
         .wait_retained(&topic, Duration::from_secs(10), |p| {
             p.is_some_and(|p| json(p)["state"] == "running" && json(p)["pid"] == pid1)
