@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::core::names::DatasetName;
 use crate::core::retention::Policy;
+pub use crate::mqtt::{BrokerTls, TlsFileError};
 
 /// Where labd looks for its configuration when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/usr/local/etc/labd/labd.toml";
@@ -122,6 +123,8 @@ pub struct MqttConfig {
     pub buffer: usize,
     /// Publish Home Assistant MQTT discovery documents.
     pub home_assistant: bool,
+    /// TLS to the broker (`mqtts://`); `None`: plain TCP (`mqtt://`).
+    pub tls: Option<BrokerTls>,
 }
 
 /// Which NFS server labd's exports are rendered for and reloaded on.
@@ -282,6 +285,9 @@ struct RawMqtt {
     interval: Option<String>,
     buffer: Option<usize>,
     home_assistant: Option<bool>,
+    ca_file: Option<PathBuf>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -557,26 +563,62 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "labd".to_owned())
 }
 
-/// Validate `[mqtt]`: `url` is `mqtt://host[:port]` (TLS is not supported yet).
+/// Validate `[mqtt]`: `url` is `mqtt://host[:port]` (plain TCP, port 1883 by default) or
+/// `mqtts://host[:port]` (TLS, port 8883 by default, whose files are read here).
 fn mqtt(raw: RawMqtt) -> Result<MqttConfig, (&'static str, String)> {
-    let rest = raw.url.strip_prefix("mqtt://").ok_or((
-        "mqtt.url",
-        format!(
-            "'{}' must start with mqtt:// (TLS, mqtts://, is not supported yet)",
-            raw.url
-        ),
-    ))?;
+    let (rest, tls, default_port) = if let Some(rest) = raw.url.strip_prefix("mqtts://") {
+        (rest, true, 8883)
+    } else if let Some(rest) = raw.url.strip_prefix("mqtt://") {
+        (rest, false, 1883)
+    } else {
+        return Err((
+            "mqtt.url",
+            format!(
+                "'{}' must start with mqtt:// (plain) or mqtts:// (TLS)",
+                raw.url
+            ),
+        ));
+    };
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) => (
             h,
             p.parse::<u16>()
                 .map_err(|_| ("mqtt.url", format!("bad port in '{}'", raw.url)))?,
         ),
-        None => (rest, 1883),
+        None => (rest, default_port),
     };
     if host.is_empty() || host.contains('/') {
         return Err(("mqtt.url", format!("no host in '{}'", raw.url)));
     }
+    for (key, path) in [
+        ("mqtt.ca_file", &raw.ca_file),
+        ("mqtt.client_cert_file", &raw.client_cert_file),
+        ("mqtt.client_key_file", &raw.client_key_file),
+    ] {
+        if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+            return Err((key, "must be an absolute path".into()));
+        }
+    }
+    let tls = if tls {
+        Some(
+            BrokerTls::load(
+                raw.ca_file.as_deref(),
+                raw.client_cert_file.as_deref(),
+                raw.client_key_file.as_deref(),
+            )
+            .map_err(|e| (e.key(), e.to_string()))?,
+        )
+    } else {
+        let set = [
+            ("mqtt.ca_file", raw.ca_file.is_some()),
+            ("mqtt.client_cert_file", raw.client_cert_file.is_some()),
+            ("mqtt.client_key_file", raw.client_key_file.is_some()),
+        ];
+        if let Some((key, _)) = set.into_iter().find(|(_, set)| *set) {
+            return Err((key, "applies to mqtts:// URLs only (TLS)".into()));
+        }
+        None
+    };
     let name = hostname();
     let topic_prefix = raw
         .topic_prefix
@@ -600,6 +642,7 @@ fn mqtt(raw: RawMqtt) -> Result<MqttConfig, (&'static str, String)> {
         },
         buffer: raw.buffer.unwrap_or(1000),
         home_assistant: raw.home_assistant.unwrap_or(false),
+        tls,
     })
 }
 
@@ -739,6 +782,49 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mqtt_urls_pick_tls_and_default_ports() {
+        let base = "[zfs]\nroot = \"tank\"\n[mqtt]\n";
+        let plain = parse(&format!("{base}url = \"mqtt://broker\"\n")).expect("valid");
+        let plain = plain.mqtt.expect("mqtt");
+        assert_eq!((plain.host.as_str(), plain.port), ("broker", 1883));
+        assert!(plain.tls.is_none());
+        // mqtts:// without ca_file trusts the system's roots (when the host has some).
+        if let Ok(tls) = parse(&format!("{base}url = \"mqtts://broker\"\n")) {
+            let tls = tls.mqtt.expect("mqtt");
+            assert_eq!((tls.host.as_str(), tls.port), ("broker", 8883));
+            assert!(tls.tls.is_some_and(|t| !t.mutual()));
+        }
+        for (text, key, rule) in [
+            ("url = \"tcp://broker\"\n", "mqtt.url", "mqtts://"),
+            (
+                "url = \"mqtt://broker\"\nca_file = \"/etc/ca.pem\"\n",
+                "mqtt.ca_file",
+                "mqtts:// URLs only",
+            ),
+            (
+                "url = \"mqtts://broker\"\nca_file = \"ca.pem\"\n",
+                "mqtt.ca_file",
+                "absolute",
+            ),
+            (
+                "url = \"mqtts://broker:8883\"\nca_file = \"/nonexistent/ca.pem\"\n",
+                "mqtt.ca_file",
+                "cannot read /nonexistent/ca.pem",
+            ),
+            (
+                "url = \"mqtts://broker\"\nclient_key_file = \"/nonexistent/key.pem\"\n",
+                "mqtt.client_cert_file",
+                "together with mqtt.client_key_file",
+            ),
+        ] {
+            let e = parse(&format!("{base}{text}")).expect_err(key);
+            let e = e.to_string();
+            assert!(e.contains(&format!("key '{key}'")), "{key}: {e}");
+            assert!(e.contains(rule), "{key}: {e}");
+        }
+    }
+
     #[test]
     fn policies_are_validated_with_their_key() {
         let base = "[zfs]\nroot = \"tank\"\n";

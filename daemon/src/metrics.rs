@@ -215,6 +215,8 @@ pub struct Metrics {
     vms: Mutex<VmTable>,
     mqtt_dropped: AtomicU64,
     mqtt_connected: AtomicBool,
+    /// Failed or broken broker connections by reason (`mqtt::failure_reason`).
+    mqtt_connect_failures: Mutex<BTreeMap<&'static str, u64>>,
     started: Timestamp,
 }
 
@@ -227,6 +229,7 @@ impl Default for Metrics {
             vms: Mutex::default(),
             mqtt_dropped: AtomicU64::new(0),
             mqtt_connected: AtomicBool::new(false),
+            mqtt_connect_failures: Mutex::default(),
             started: Timestamp::now(),
         }
     }
@@ -373,6 +376,19 @@ impl Metrics {
             "labd_mqtt_connected {}",
             u8::from(self.mqtt_connected.load(Ordering::Relaxed))
         );
+        header(
+            &mut out,
+            "labd_mqtt_connect_failures_total",
+            "counter",
+            "Failed or broken MQTT broker connections, by reason (tls_certificate, tls, \
+             refused, network, protocol).",
+        );
+        for (reason, n) in lock(&self.mqtt_connect_failures).iter() {
+            let _ = writeln!(
+                out,
+                "labd_mqtt_connect_failures_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
         out
     }
 
@@ -541,6 +557,11 @@ impl Metrics {
     /// Count MQTT messages dropped.
     pub fn mqtt_dropped(&self, n: u64) {
         self.mqtt_dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Count a failed or broken MQTT connection.
+    pub fn mqtt_connect_failed(&self, reason: &'static str) {
+        *lock(&self.mqtt_connect_failures).entry(reason).or_default() += 1;
     }
 
     /// Record whether the MQTT broker is connected.
@@ -1093,6 +1114,8 @@ mod tests {
             serde_json::json!({"taken": 3, "destroyed": 1, "errors": [], "duration_ms": 40}),
         ));
         m.mqtt_dropped(2);
+        m.mqtt_connect_failed("tls_certificate");
+        m.mqtt_connect_failed("tls_certificate");
         let now = Timestamp::from_second(1_700_000_010).unwrap_or(Timestamp::UNIX_EPOCH);
         let text = m.render_at(now);
         for line in [
@@ -1112,6 +1135,7 @@ mod tests {
             "labd_policy_lag_seconds 10",
             "labd_mqtt_dropped_total 2",
             "labd_mqtt_connected 0",
+            "labd_mqtt_connect_failures_total{reason=\"tls_certificate\"} 2",
             "labd_up 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");

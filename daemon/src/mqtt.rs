@@ -37,6 +37,27 @@
 //! again), and at most once a second after events that change it (then only what changed).
 //! At shutdown it forwards the events up to `daemon.stopped`, publishes `offline` and
 //! disconnects (so the broker does not fire the last will), within a few seconds.
+//!
+//! A failed or broken connection is logged (at `warn` once per reason until the next
+//! connection) and counted by reason (`labd_mqtt_connect_failures_total{reason}`, see
+//! [`failure_reason`]): a broker whose certificate does not verify shows as
+//! `tls_certificate`, and labd keeps serving and keeps retrying.
+//!
+//! TLS (`mqtts://`, [`tls`]): rustls on the ring provider, with the broker's CA or the
+//! system's roots and an optional client certificate; the server name checked is the URL's
+//! host.
+//!
+//! The client crate is `rumqttc-v4-next` (the MQTT 3.1.1 crate of the maintained
+//! rumqttc-next fork, whose library is still called `rumqttc`), not rumqttc 0.25.1: with any
+//! of 0.25.1's rustls features, even `use-rustls-no-provider` with ring, `cargo tree -i
+//! rustls-webpki@0.102.8` shows rumqttc 0.25.1 depending on rustls-webpki 0.102.8 (the
+//! versions RUSTSEC-2026-0049/-0098/-0099/-0104 are about) and on the unmaintained
+//! rustls-pemfile; its fix has waited upstream since 2026-03. The fork depends on
+//! rustls-webpki 0.103.17 and no pemfile, has a `use-rustls-ring` feature (no aws-lc, so the
+//! FreeBSD build stays pure Rust + ring), and its 3.1.1 crate keeps the protocol labd spoke
+//! before (retained messages, the last will and QoS 1 mean what they meant). Its risk is a
+//! single maintainer; the API we use is small (options, `try_publish`, `try_disconnect`,
+//! `poll`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -44,7 +65,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, Event as MqttEvent, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, LastWill, MqttOptions, Outgoing,
+    Packet, PublishOptions, QoS, TlsConfiguration, Transport,
 };
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
@@ -57,6 +79,10 @@ use crate::core::names::DatasetName;
 use crate::host::zfs::PropRow;
 use crate::vmstate::{Change, VmTable, VmView};
 use crate::wire;
+
+mod tls;
+
+pub use tls::{BrokerTls, TlsFileError};
 
 /// Properties of the dataset documents (one `zfs get -r`).
 const DATASET_PROPERTIES: &str =
@@ -86,7 +112,16 @@ const STOP_EVENTS: Duration = Duration::from_secs(2);
 /// Publish labd's state and events to the broker of `config` until `stop`.
 pub async fn run(core: Arc<Core>, config: MqttConfig, mut stop: watch::Receiver<bool>) {
     let topics = Topics::new(&config.topic_prefix);
-    let (client, eventloop) = AsyncClient::new(options(&config, &topics), config.buffer.max(1));
+    let (client, eventloop) = match AsyncClient::builder(options(&config, &topics))
+        .capacity(config.buffer.max(1))
+        .try_build()
+    {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::error!(error = %e, "mqtt: bad client options; not publishing");
+            return;
+        }
+    };
     let (link_tx, mut link_rx) = watch::channel(Link::default());
     let poller = tokio::spawn(drive(eventloop, Arc::clone(&core), link_tx));
     let mut events = core.events.subscribe();
@@ -97,6 +132,8 @@ pub async fn run(core: Arc<Core>, config: MqttConfig, mut stop: watch::Receiver<
     tracing::info!(
         host = %config.host,
         port = config.port,
+        tls = config.tls.is_some(),
+        mutual_tls = config.tls.as_ref().is_some_and(BrokerTls::mutual),
         prefix = %config.topic_prefix,
         "mqtt publishing"
     );
@@ -175,10 +212,20 @@ async fn sleep_until(due: Option<Instant>) {
     }
 }
 
-/// Connection options: credentials, the `offline` last will, and room for big documents.
+/// Connection options: TLS, credentials, the `offline` last will, and room for big
+/// documents.
 fn options(config: &MqttConfig, topics: &Topics) -> MqttOptions {
-    let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
-    options.set_keep_alive(Duration::from_secs(30));
+    let mut options = MqttOptions::new(
+        config.client_id.as_str(),
+        (config.host.as_str(), config.port),
+    );
+    if let Some(tls) = &config.tls {
+        // The server name checked is the URL's host (rumqttc passes it to rustls).
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            tls.client_config(),
+        )));
+    }
+    options.set_keep_alive(30);
     options.set_max_packet_size(64 << 10, MAX_PAYLOAD + (64 << 10));
     options.set_last_will(LastWill::new(
         topics.status(),
@@ -187,7 +234,7 @@ fn options(config: &MqttConfig, topics: &Topics) -> MqttOptions {
         true,
     ));
     if let Some(user) = &config.username {
-        options.set_credentials(user, config.password.as_deref().unwrap_or_default());
+        options.set_credentials(user.as_str(), config.password.clone().unwrap_or_default());
     }
     options
 }
@@ -204,13 +251,14 @@ struct Link {
 /// Returns once the disconnect requested at shutdown has been sent.
 async fn drive(mut eventloop: EventLoop, core: Arc<Core>, link: watch::Sender<Link>) {
     let mut backoff = BACKOFF_MIN;
-    let mut reported = false;
+    // The reason of the last failure logged at `warn` since the last connection.
+    let mut reported: Option<&'static str> = None;
     loop {
         match eventloop.poll().await {
             Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!("mqtt broker connected");
                 backoff = BACKOFF_MIN;
-                reported = false;
+                reported = None;
                 core.metrics.set_mqtt_connected(true);
                 link.send_modify(|l| {
                     l.connected = true;
@@ -223,13 +271,21 @@ async fn drive(mut eventloop: EventLoop, core: Arc<Core>, link: watch::Sender<Li
                 return;
             }
             Ok(_) => {}
+            Err(ConnectionError::RequestsDone) => {
+                // Every client handle is gone: nothing more will be sent.
+                core.metrics.set_mqtt_connected(false);
+                link.send_modify(|l| l.connected = false);
+                return;
+            }
             Err(e) => {
-                if reported {
-                    tracing::debug!(error = %e, "mqtt broker still unreachable");
+                let reason = failure_reason(&e);
+                if reported == Some(reason) {
+                    tracing::debug!(error = %e, reason, "mqtt broker still unreachable");
                 } else {
-                    tracing::warn!(error = %e, "mqtt broker unreachable; retrying");
-                    reported = true;
+                    tracing::warn!(error = %e, reason, "mqtt broker unreachable; retrying");
+                    reported = Some(reason);
                 }
+                core.metrics.mqtt_connect_failed(reason);
                 core.metrics.set_mqtt_connected(false);
                 link.send_if_modified(|l| std::mem::replace(&mut l.connected, false));
                 tokio::time::sleep(backoff).await;
@@ -237,6 +293,58 @@ async fn drive(mut eventloop: EventLoop, core: Arc<Core>, link: watch::Sender<Li
             }
         }
     }
+}
+
+/// Why a connection failed or broke, as a metric label (a closed set):
+/// `tls_certificate` (the broker's certificate did not verify, or the broker refused ours),
+/// `tls` (another TLS failure), `refused` (the broker's CONNACK said no: credentials, client
+/// id), `network` (connect, read or write failed; timeouts), `protocol` (anything else).
+fn failure_reason(e: &ConnectionError) -> &'static str {
+    if let Some(tls) = rustls_error(e) {
+        return match tls {
+            rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::AlertReceived(
+                rustls::AlertDescription::BadCertificate
+                | rustls::AlertDescription::UnknownCA
+                | rustls::AlertDescription::CertificateRequired
+                | rustls::AlertDescription::CertificateExpired
+                | rustls::AlertDescription::CertificateRevoked
+                | rustls::AlertDescription::CertificateUnknown
+                | rustls::AlertDescription::UnsupportedCertificate,
+            ) => "tls_certificate",
+            _ => "tls",
+        };
+    }
+    match e {
+        ConnectionError::ConnectionRefused(_) => "refused",
+        ConnectionError::Io(_)
+        | ConnectionError::NetworkTimeout
+        | ConnectionError::FlushTimeout => "network",
+        ConnectionError::Tls(_) => "tls",
+        _ => "protocol",
+    }
+}
+
+/// The rustls error behind a connection error, if any: rustls's errors reach rumqttc wrapped
+/// in `io::Error`s, whose `source()` skips the wrapped error, so each `io::Error` of the chain
+/// is opened by hand.
+fn rustls_error(e: &ConnectionError) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && let Some(tls) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(tls);
+        }
+        next = err.source();
+    }
+    None
 }
 
 /// When state is read again after events: at most once per [`DEBOUNCE`].
@@ -513,10 +621,11 @@ impl Publisher {
             self.drop_one();
             return false;
         }
-        match self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-        {
+        match self.client.try_publish(
+            topic,
+            payload,
+            PublishOptions::at_least_once().retain(retain),
+        ) {
             Ok(()) => true,
             Err(_) => {
                 self.drop_one();
@@ -871,7 +980,11 @@ async fn finish(
         let client = &publisher.client;
         let offline = retry_until(deadline, || {
             client
-                .try_publish(status.as_str(), QoS::AtLeastOnce, true, OFFLINE)
+                .try_publish(
+                    status.as_str(),
+                    OFFLINE,
+                    PublishOptions::at_least_once().retained(),
+                )
                 .is_ok()
         })
         .await;
@@ -1064,7 +1177,9 @@ mod tests {
 
     /// A publisher whose queue holds `cap` messages (nothing drains it).
     fn publisher(cap: usize) -> (Publisher, EventLoop) {
-        let (client, eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), cap);
+        let (client, eventloop) = AsyncClient::builder(MqttOptions::new("t", ("127.0.0.1", 1)))
+            .capacity(cap)
+            .build();
         (Publisher::new(client, Topics::new("p"), None), eventloop)
     }
 
@@ -1167,7 +1282,9 @@ mod tests {
 
     #[test]
     fn vm_events_publish_the_state_and_destroy_clears_it() {
-        let (client, _el) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 100);
+        let (client, _el) = AsyncClient::builder(MqttOptions::new("t", ("127.0.0.1", 1)))
+            .capacity(100)
+            .build();
         let mut p = Publisher::new(client, Topics::new("p"), Some(Discovery::new("h")));
         let config = "homeassistant/binary_sensor/labd_h_vm_web_running/config";
         p.vm_event(&vm_event(

@@ -1,6 +1,6 @@
 //! MQTT publishing against a real mosquitto on a free loopback port, observed with
 //! `mosquitto_sub`: retained state, events, the last will, a broker that goes away and comes
-//! back, and a clean stop.
+//! back, a clean stop, and the same over mutual TLS (a throwaway PKI made with rcgen).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -19,10 +19,43 @@ pub(super) struct Broker {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// `mosquitto_sub`'s TLS arguments, for a TLS listener.
+    tls_args: Vec<String>,
 }
 
 impl Broker {
     pub(super) fn start() -> Self {
+        Self::start_with(|_| "allow_anonymous true\n".to_owned(), Vec::new())
+    }
+
+    /// A broker whose only listener is TLS with client certificates (`pki`'s server
+    /// certificate, `pki`'s CA for clients), the client's CN taken as its user name;
+    /// `mosquitto_sub` connects with the `sub` client certificate.
+    fn start_tls(pki: &Pki) -> Self {
+        let conf = |_: &std::path::Path| {
+            format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n\
+                 use_identity_as_username true\nallow_anonymous false\n",
+                pki.ca.display(),
+                pki.server_cert.display(),
+                pki.server_key.display()
+            )
+        };
+        let tls_args = [
+            "--cafile",
+            &pki.ca.display().to_string(),
+            "--cert",
+            &pki.sub_cert.display().to_string(),
+            "--key",
+            &pki.sub_key.display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        Self::start_with(conf, tls_args)
+    }
+
+    /// A broker with `listener` lines of its own (`extra(dir)` after the listener line).
+    fn start_with(extra: impl FnOnce(&std::path::Path) -> String, tls_args: Vec<String>) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("labd-mqtt-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -33,13 +66,17 @@ impl Broker {
             .expect("free port");
         std::fs::write(
             dir.join("mosquitto.conf"),
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            format!(
+                "listener {port} 127.0.0.1\n{}persistence false\n",
+                extra(&dir)
+            ),
         )
         .expect("broker config");
         let mut broker = Self {
             child: None,
             port,
             dir,
+            tls_args,
         };
         broker.spawn();
         broker
@@ -105,12 +142,14 @@ impl Broker {
     }
 
     pub(super) fn sub_args(&self) -> Vec<String> {
-        vec![
+        let mut args = vec![
             "-h".into(),
             "127.0.0.1".into(),
             "-p".into(),
             self.port.to_string(),
-        ]
+        ];
+        args.extend(self.tls_args.iter().cloned());
+        args
     }
 
     /// The retained payload of `topic`, if any (waiting up to `secs` for it).
@@ -457,4 +496,172 @@ pub(super) fn bounded_sub(args: &[String], secs: u32) -> labd_e2e::Out {
     let mut argv: Vec<&str> = vec!["-s", "KILL", &limit, "mosquitto_sub"];
     argv.extend(args.iter().map(String::as_str));
     run("timeout", &argv)
+}
+
+/// A throwaway PKI: a CA, the broker's certificate (127.0.0.1, localhost), a client
+/// certificate for labd (CN `labd-client`) and one for `mosquitto_sub`, and a second CA
+/// that signed none of them. PEM files in `dir`.
+#[derive(Debug)]
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    labd_cert: PathBuf,
+    labd_key: PathBuf,
+    sub_cert: PathBuf,
+    sub_key: PathBuf,
+    rogue_ca: PathBuf,
+}
+
+impl Pki {
+    fn make(dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).expect("pki dir");
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let params = ca_params("labd test CA");
+        let ca = params.self_signed(&ca_key).expect("CA");
+        let issuer = rcgen::Issuer::new(params, ca_key);
+        let leaf = |name: &str, cn: &str, sans: &[&str]| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut params = rcgen::CertificateParams::new(
+                sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+            )
+            .expect("params");
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+            let cert = params.signed_by(&key, &issuer).expect("leaf");
+            let cert_path = dir.join(format!("{name}.pem"));
+            let key_path = dir.join(format!("{name}.key"));
+            std::fs::write(&cert_path, cert.pem()).expect("write cert");
+            std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+            (cert_path, key_path)
+        };
+        let (server_cert, server_key) = leaf("server", "localhost", &["127.0.0.1", "localhost"]);
+        let (labd_cert, labd_key) = leaf("labd", "labd-client", &[]);
+        let (sub_cert, sub_key) = leaf("sub", "test-subscriber", &[]);
+        let rogue_key = rcgen::KeyPair::generate().expect("key");
+        let rogue = ca_params("labd test CA")
+            .self_signed(&rogue_key)
+            .expect("rogue CA");
+        let pki = Self {
+            ca: dir.join("ca.pem"),
+            server_cert,
+            server_key,
+            labd_cert,
+            labd_key,
+            sub_cert,
+            sub_key,
+            rogue_ca: dir.join("rogue-ca.pem"),
+        };
+        std::fs::write(&pki.ca, ca.pem()).expect("write CA");
+        std::fs::write(&pki.rogue_ca, rogue.pem()).expect("write rogue CA");
+        pki
+    }
+
+    /// labd's `[mqtt]` table for `broker`, trusting `ca`, with labd's client certificate.
+    fn labd_table(&self, broker: &Broker, prefix: &str, ca: &std::path::Path) -> String {
+        format!(
+            "[mqtt]\nurl = \"mqtts://127.0.0.1:{}\"\ntopic_prefix = \"{prefix}\"\n\
+             client_id = \"{}\"\ninterval = \"2s\"\nca_file = \"{}\"\n\
+             client_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+            broker.port,
+            prefix.replace('/', "-"),
+            ca.display(),
+            self.labd_cert.display(),
+            self.labd_key.display()
+        )
+    }
+}
+
+/// A CA's parameters (same subject for the real and the rogue CA: only the key differs).
+fn ca_params(cn: &str) -> rcgen::CertificateParams {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params
+}
+
+#[test]
+fn mqtt_over_mutual_tls_publishes_and_a_wrong_ca_is_refused() {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let pki_dir = std::env::temp_dir().join(format!("labd-mqtt-pki-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&pki_dir);
+    let pki = Pki::make(&pki_dir);
+    let broker = Broker::start_tls(&pki);
+    let prefix = format!("test/labd/{}_{n}_tls", std::process::id());
+
+    // The right CA and a client certificate: labd is online, its documents arrive.
+    let lab = Lab::start_with(LabOptions {
+        tables: pki.labd_table(&broker, &prefix, &pki.ca),
+        ..LabOptions::default()
+    });
+    wait_status(&broker, &lab, &prefix, "online", Duration::from_secs(15));
+    let follow = broker.follow(&prefix);
+    lab.labctl(&["dataset", "create", "secret"]).ok();
+    let events = format!("{prefix}/events");
+    follow
+        .wait_for(Duration::from_secs(10), |t, p| {
+            t == events && json(p)["kind"] == "dataset.created"
+        })
+        .expect("dataset.created on the events topic over TLS");
+    let secret = lab.ds("secret");
+    let topic = format!("{prefix}/dataset/{secret}");
+    let doc = broker
+        .wait_retained(&topic, Duration::from_secs(10), |p| p.is_some())
+        .unwrap_or_else(|seen| panic!("{topic}: {seen:?}\n{}", lab.log()))
+        .expect("document");
+    assert_eq!(json(&doc)["name"], secret.as_str());
+    // The broker took the certificate's CN as labd's user name.
+    let log = broker.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("New client connected") && l.contains("u'labd-client'")),
+        "mosquitto did not see labd as labd-client:\n{log}"
+    );
+    drop(follow);
+    drop(lab);
+
+    // A CA that did not sign the broker's certificate: labd serves, publishes nothing, and
+    // says why in its log and its metrics.
+    let prefix = format!("{prefix}_rogue");
+    let lab = Lab::start_with(LabOptions {
+        tables: pki.labd_table(&broker, &prefix, &pki.rogue_ca),
+        ..LabOptions::default()
+    });
+    let text = super::metrics::scrape_until(
+        &lab,
+        Duration::from_secs(15),
+        "a tls_certificate connection failure",
+        |t| {
+            super::metrics::value(
+                t,
+                "labd_mqtt_connect_failures_total{reason=\"tls_certificate\"}",
+            )
+            .is_some_and(|v| v >= 1.0)
+        },
+    );
+    assert_eq!(
+        super::metrics::value(&text, "labd_mqtt_connected"),
+        Some(0.0),
+        "{text}"
+    );
+    lab.labctl(&["dataset", "list"]).ok();
+    let log = lab.log();
+    assert!(
+        log.lines().any(|l| l.contains("mqtt broker unreachable")
+            && l.contains("tls_certificate")
+            && l.contains("certificate")),
+        "no certificate failure in labd's log:\n{log}"
+    );
+    assert_eq!(
+        broker.retained(&format!("{prefix}/status"), 2),
+        None,
+        "labd published through a broker it could not verify"
+    );
+    drop(lab);
+    let _ = std::fs::remove_dir_all(&pki_dir);
 }
