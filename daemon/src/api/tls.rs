@@ -283,3 +283,32 @@ pub(super) async fn admit(
         }))));
     next.run(request).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_tls_files_name_their_key() {
+        let dir = std::env::temp_dir().join(format!("labd-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello\n").expect("write");
+        let cfg = |cert: &Path, key: &Path, ca: &Path| ApiTcpConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            cert_file: cert.to_owned(),
+            key_file: key.to_owned(),
+            client_ca_file: ca.to_owned(),
+            allowed_clients: None,
+        };
+        let missing = dir.join("missing.pem");
+        for (cfg, key) in [
+            (cfg(&missing, &missing, &missing), "api.tls_cert_file"),
+            (cfg(&not_pem, &missing, &missing), "api.tls_cert_file"),
+        ] {
+            let e = bind(&cfg).expect_err(key).to_string();
+            assert!(e.starts_with(key), "{key}: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
