@@ -24,6 +24,23 @@ pub struct Cli {
     #[arg(long, global = true, env = "LABD_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
 
+    /// labd's API on TCP, `https://HOST:PORT` (mutual TLS: needs --ca, --cert and --key);
+    /// without it, the socket.
+    #[arg(long, global = true, env = "LABD_URL", value_name = "URL")]
+    pub url: Option<String>,
+
+    /// With --url: PEM file of the CA that signed labd's certificate.
+    #[arg(long, global = true, env = "LABD_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// With --url: PEM file of labctl's client certificate.
+    #[arg(long, global = true, env = "LABD_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// With --url: PEM file of the client certificate's private key.
+    #[arg(long, global = true, env = "LABD_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -35,6 +52,37 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Where labd is: `--url` with its three TLS files, or the socket.
+    pub fn endpoint(&self) -> Result<crate::client::Endpoint, String> {
+        use crate::client::Endpoint;
+        let Some(url) = &self.url else {
+            if self.ca.is_some() || self.cert.is_some() || self.key.is_some() {
+                return Err("--ca, --cert and --key are only used with --url".into());
+            }
+            return Ok(Endpoint::Socket(self.socket.clone()));
+        };
+        let rest = url.strip_prefix("https://").ok_or_else(|| {
+            format!("--url '{url}': must be https://HOST:PORT (labd's TCP API is mutual TLS only)")
+        })?;
+        if rest.trim_end_matches('/').is_empty() || rest.trim_end_matches('/').contains('/') {
+            return Err(format!(
+                "--url '{url}': must be https://HOST:PORT without a path"
+            ));
+        }
+        let need = |flag: &str, file: &Option<PathBuf>| {
+            file.clone()
+                .ok_or_else(|| format!("{flag} FILE is required with --url (mutual TLS)"))
+        };
+        Ok(Endpoint::Tls {
+            url: url.clone(),
+            ca: need("--ca", &self.ca)?,
+            cert: need("--cert", &self.cert)?,
+            key: need("--key", &self.key)?,
+        })
+    }
 }
 
 /// How results are printed.
@@ -859,5 +907,43 @@ mod tests {
         assert!(cli.quiet);
         let cli = Cli::try_parse_from(["labctl", "--socket", "/tmp/x.sock", "status"]).unwrap();
         assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
+        assert!(matches!(
+            cli.endpoint(),
+            Ok(crate::client::Endpoint::Socket(p)) if p == std::path::Path::new("/tmp/x.sock")
+        ));
+        let tls = [
+            "--url",
+            "https://h:8443",
+            "--ca",
+            "/ca",
+            "--cert",
+            "/c",
+            "--key",
+            "/k",
+        ];
+        let cli = Cli::try_parse_from(["labctl"].into_iter().chain(tls).chain(["status"])).unwrap();
+        assert!(matches!(
+            cli.endpoint(),
+            Ok(crate::client::Endpoint::Tls { .. })
+        ));
+        for (args, said) in [
+            (&["--url", "http://h:1"][..], "https://"),
+            (&["--url", "https://h:1"][..], "--ca"),
+            (
+                &["--url", "https://h:1/v1", "--ca", "/a"][..],
+                "without a path",
+            ),
+            (&["--cert", "/c"][..], "only used with --url"),
+        ] {
+            let cli = Cli::try_parse_from(
+                ["labctl"]
+                    .into_iter()
+                    .chain(args.iter().copied())
+                    .chain(["status"]),
+            )
+            .unwrap();
+            let e = cli.endpoint().unwrap_err();
+            assert!(e.contains(said), "{args:?}: {e}");
+        }
     }
 }

@@ -1,7 +1,8 @@
-//! HTTP/JSON client of labd's API over its Unix socket.
+//! HTTP/JSON client of labd's API over its Unix socket, or over TCP with mutual TLS.
 //!
-//! One [`reqwest::Client`] is bound to the socket with `ClientBuilder::unix_socket`; URLs use
-//! the placeholder host `labd`. Every answer is decoded into a `labd::wire` type or turned
+//! One [`reqwest::Client`] is bound to the socket with `ClientBuilder::unix_socket` (URLs use
+//! the placeholder host `labd`), or talks to `https://host:port` trusting only the given CA
+//! and presenting the given client certificate (rustls with ring). Every answer is decoded into a `labd::wire` type or turned
 //! into a [`ClientError`]: labd's own error body becomes [`ClientError::Api`] so the caller
 //! prints labd's message, field and code as they are.
 
@@ -15,8 +16,27 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Base URL of every request; the host is a placeholder since the socket is fixed.
-const BASE_URL: &str = "http://labd";
+/// Base URL of every request on the socket; the host is a placeholder since the socket is
+/// fixed.
+const SOCKET_URL: &str = "http://labd";
+
+/// Where labd's API is.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// The Unix socket at this path.
+    Socket(PathBuf),
+    /// `https://host:port`, mutual TLS.
+    Tls {
+        /// The base URL.
+        url: String,
+        /// PEM file of the CA that signed labd's certificate.
+        ca: PathBuf,
+        /// PEM file of this client's certificate.
+        cert: PathBuf,
+        /// PEM file of this client's private key.
+        key: PathBuf,
+    },
+}
 
 /// Longest wait for an ordinary answer. labd answers `?wait=1` polls within about a second
 /// and runs long work as jobs, so only a stuck daemon hits this.
@@ -25,12 +45,20 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// Nothing answers on the socket.
-    #[error("cannot reach labd at {}: {cause}", socket.display())]
+    /// Nothing answers on the socket or the URL, or the TLS handshake failed.
+    #[error("cannot reach labd at {target}: {cause}")]
     Connect {
-        /// The socket path.
-        socket: PathBuf,
+        /// The socket path or the URL.
+        target: String,
         /// The innermost cause (`No such file or directory`, `Connection refused`, …).
+        cause: String,
+    },
+    /// The TLS handshake with labd failed (certificate refused by either side).
+    #[error("TLS with labd at {target} failed: {cause}")]
+    Tls {
+        /// The URL.
+        target: String,
+        /// rustls' reason (`received fatal alert: UnknownCA`, `invalid peer certificate`, …).
         cause: String,
     },
     /// labd answered with its error body.
@@ -95,6 +123,26 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
+/// The TLS error under a transport error, if any: rustls' error sits inside an `io::Error`,
+/// whose `source` skips it.
+fn tls_error(e: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = e.source();
+    while let Some(err) = cur {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = err
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref)
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        cur = err.source();
+    }
+    None
+}
+
 /// Whether a transport error means nobody accepted the connection.
 fn is_connect_error(e: &reqwest::Error) -> bool {
     if e.is_connect() {
@@ -145,21 +193,58 @@ fn percent_encode(text: &str, also_keep: impl Fn(u8) -> bool) -> String {
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
-    socket: PathBuf,
+    /// The base URL of every request.
+    base: String,
+    /// The socket path or URL, for errors.
+    target: String,
 }
 
 impl Client {
-    /// A client talking to the socket at `socket` (nothing is connected yet).
-    pub fn new(socket: &Path) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .unix_socket(socket)
-            .user_agent(concat!("labctl/", env!("CARGO_PKG_VERSION")))
+    /// A client of labd at `endpoint` (nothing is connected yet; TLS files are read now).
+    pub fn new(endpoint: &Endpoint) -> anyhow::Result<Self> {
+        // reqwest's rustls needs a process-wide provider; ring, as labd (no C crypto).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let builder =
+            reqwest::Client::builder().user_agent(concat!("labctl/", env!("CARGO_PKG_VERSION")));
+        let (builder, base, target) = match endpoint {
+            Endpoint::Socket(socket) => (
+                builder.unix_socket(socket.as_path()),
+                SOCKET_URL.to_owned(),
+                socket.display().to_string(),
+            ),
+            Endpoint::Tls { url, ca, cert, key } => {
+                let read = |flag: &str, path: &Path| {
+                    std::fs::read(path)
+                        .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))
+                };
+                let cas = reqwest::Certificate::from_pem_bundle(&read("--ca", ca)?)
+                    .map_err(|e| anyhow::anyhow!("--ca {}: {}", ca.display(), root_cause(&e)))?;
+                if cas.is_empty() {
+                    anyhow::bail!("--ca {}: no certificate in the file", ca.display());
+                }
+                let mut pem = read("--cert", cert)?;
+                pem.push(b'\n');
+                pem.extend(read("--key", key)?);
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--cert {} / --key {}: {}",
+                        cert.display(),
+                        key.display(),
+                        root_cause(&e)
+                    )
+                })?;
+                let builder = builder
+                    .tls_certs_only(cas)
+                    .identity(identity)
+                    .https_only(true);
+                let base = url.trim_end_matches('/').to_owned();
+                (builder, base, url.clone())
+            }
+        };
+        let http = builder
             .build()
             .map_err(|e| anyhow::anyhow!("cannot set up the HTTP client: {}", root_cause(&e)))?;
-        Ok(Self {
-            http,
-            socket: socket.to_owned(),
-        })
+        Ok(Self { http, base, target })
     }
 
     /// `GET path`, decoded.
@@ -244,7 +329,7 @@ impl Client {
     pub async fn stream(&self, path: &str) -> Result<Response, ClientError> {
         let req = self
             .http
-            .get(format!("{BASE_URL}{path}"))
+            .get(format!("{}{path}", self.base))
             .header(reqwest::header::ACCEPT, "text/event-stream");
         self.send(req, Method::GET, path).await
     }
@@ -258,7 +343,7 @@ impl Client {
     ) -> Result<reqwest::Upgraded, ClientError> {
         let req = self
             .http
-            .get(format!("{BASE_URL}{path}"))
+            .get(format!("{}{path}", self.base))
             .header(reqwest::header::CONNECTION, "upgrade")
             .header(reqwest::header::UPGRADE, protocol);
         let resp = req
@@ -280,7 +365,7 @@ impl Client {
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
-            .request(method, format!("{BASE_URL}{path}"))
+            .request(method, format!("{}{path}", self.base))
             .timeout(REQUEST_TIMEOUT)
     }
 
@@ -318,9 +403,14 @@ impl Client {
     }
 
     fn transport_error(&self, method: Method, path: &str, e: &reqwest::Error) -> ClientError {
-        if is_connect_error(e) {
+        if let Some(tls) = tls_error(e) {
+            ClientError::Tls {
+                target: self.target.clone(),
+                cause: tls.to_string(),
+            }
+        } else if is_connect_error(e) {
             ClientError::Connect {
-                socket: self.socket.clone(),
+                target: self.target.clone(),
                 cause: root_cause(e),
             }
         } else {
@@ -504,7 +594,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_socket_is_a_connect_error() {
-        let client = Client::new(Path::new("/nonexistent/labctl-test.sock")).unwrap();
+        let client = Client::new(&Endpoint::Socket(PathBuf::from(
+            "/nonexistent/labctl-test.sock",
+        )))
+        .unwrap();
         let err = client.get::<serde_json::Value>("/v1").await.unwrap_err();
         assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
         assert!(

@@ -1,7 +1,8 @@
 //! labctl: the command line of labd.
 //!
 //! # Background
-//! labd serves an HTTP/JSON API on a Unix socket; labctl is a thin client of it. It uses the
+//! labd serves an HTTP/JSON API on a Unix socket (and optionally on TCP with mutual TLS,
+//! `--url`); labctl is a thin client of it. It uses the
 //! daemon's own wire types (`labd::wire`), so the two cannot disagree about a field.
 //!
 //! # Design
@@ -15,7 +16,7 @@
 //! * 2: usage error (clap's own, and the few checks made after parsing).
 //!
 //! # Current limitations
-//! Only the Unix socket transport; no shell completions (clap_complete is not a workspace
+//! No shell completions (clap_complete is not a workspace
 //! dependency).
 
 mod args;

@@ -178,6 +178,25 @@ pub struct ApiConfig {
     pub socket: PathBuf,
     /// Group that owns the socket; its members may use labctl.
     pub socket_group: Option<String>,
+    /// The API on TCP with mutual TLS (`tcp_listen` and the `tls_*` keys); `None`: the
+    /// Unix socket only.
+    pub tcp: Option<ApiTcpConfig>,
+}
+
+/// `[api] tcp_listen` and its TLS files: the API on TCP, mutual TLS only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTcpConfig {
+    /// Address to listen on (`tcp_listen`).
+    pub listen: std::net::SocketAddr,
+    /// The server's certificate chain, PEM (`tls_cert_file`).
+    pub cert_file: PathBuf,
+    /// The server's private key, PEM (`tls_key_file`).
+    pub key_file: PathBuf,
+    /// The CA that signs client certificates, PEM (`tls_client_ca_file`).
+    pub client_ca_file: PathBuf,
+    /// Client certificate CNs let in (`tls_allowed_clients`); `None`: any certificate the
+    /// CA signed.
+    pub allowed_clients: Option<Vec<String>>,
 }
 
 /// `[zfs]`: the dataset tree labd manages and the commands it runs.
@@ -332,6 +351,11 @@ struct RawSchedule {
 struct RawApi {
     socket: Option<PathBuf>,
     socket_group: Option<String>,
+    tcp_listen: Option<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    tls_client_ca_file: Option<PathBuf>,
+    tls_allowed_clients: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -371,6 +395,7 @@ impl Config {
             message,
         };
 
+        let api_tcp = api_tcp(&raw.api).map_err(|(key, m)| value_error(key, m))?;
         let socket = raw
             .api
             .socket
@@ -522,6 +547,7 @@ impl Config {
             api: ApiConfig {
                 socket,
                 socket_group: raw.api.socket_group,
+                tcp: api_tcp,
             },
             zfs: ZfsConfig {
                 root,
@@ -780,6 +806,73 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `[api] tcp_listen` and the TLS keys: all three files with `tcp_listen` (never plain HTTP
+/// on TCP, never TLS without client certificates), none of them without it.
+fn api_tcp(raw: &RawApi) -> Result<Option<ApiTcpConfig>, (&'static str, String)> {
+    let files = [
+        ("api.tls_cert_file", &raw.tls_cert_file),
+        ("api.tls_key_file", &raw.tls_key_file),
+        ("api.tls_client_ca_file", &raw.tls_client_ca_file),
+    ];
+    let Some(listen) = &raw.tcp_listen else {
+        for (key, file) in files {
+            if file.is_some() {
+                return Err((key, "is only used with api.tcp_listen".into()));
+            }
+        }
+        if raw.tls_allowed_clients.is_some() {
+            return Err((
+                "api.tls_allowed_clients",
+                "is only used with api.tcp_listen".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let listen = listen.parse().map_err(|_| {
+        (
+            "api.tcp_listen",
+            format!("'{listen}' is not an address such as 0.0.0.0:8443"),
+        )
+    })?;
+    let file = |key: &'static str, file: &Option<PathBuf>| match file {
+        None => Err((
+            key,
+            "is required with api.tcp_listen: the API on TCP is mutual TLS only".to_owned(),
+        )),
+        Some(path) if !path.is_absolute() => Err((key, "must be an absolute path".to_owned())),
+        Some(path) => Ok(path.clone()),
+    };
+    let cert_file = file("api.tls_cert_file", &raw.tls_cert_file)?;
+    let key_file = file("api.tls_key_file", &raw.tls_key_file)?;
+    let client_ca_file = file("api.tls_client_ca_file", &raw.tls_client_ca_file)?;
+    if let Some(names) = &raw.tls_allowed_clients {
+        if names.is_empty() {
+            return Err((
+                "api.tls_allowed_clients",
+                "must name at least one certificate CN (leave it out to let in every \
+                 certificate the client CA signed)"
+                    .into(),
+            ));
+        }
+        if let Some(bad) = names
+            .iter()
+            .find(|n| crate::wire::CommonName::new(n).is_none())
+        {
+            return Err((
+                "api.tls_allowed_clients",
+                format!("'{bad}' is not a CN (1 to 64 bytes)"),
+            ));
+        }
+    }
+    Ok(Some(ApiTcpConfig {
+        listen,
+        cert_file,
+        key_file,
+        client_ca_file,
+        allowed_clients: raw.tls_allowed_clients.clone(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -930,6 +1023,42 @@ mod tests {
         assert_eq!(c.vms.vm_root, "vms");
         let c = parse("[zfs]\nroot = \"tank\"\n[vms]\nvm_root = \"lab/vms\"\n").expect("valid");
         assert_eq!(c.vms.vm_root, "lab/vms");
+    }
+
+    #[test]
+    fn api_tcp_is_mutual_tls_only() {
+        let base = "[zfs]\nroot = \"tank\"\n[api]\n";
+        let files = "tls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\"\ntls_client_ca_file = \"/ca.pem\"\n";
+        assert_eq!(parse(base).expect("valid").api.tcp, None);
+        let c = parse(&format!(
+            "{base}tcp_listen = \"127.0.0.1:8443\"\n{files}tls_allowed_clients = [\"labctl-admin\"]\n"
+        ))
+        .expect("valid");
+        let tcp = c.api.tcp.expect("tcp");
+        assert_eq!(tcp.listen.port(), 8443);
+        assert_eq!(tcp.client_ca_file, PathBuf::from("/ca.pem"));
+        assert_eq!(tcp.allowed_clients, Some(vec!["labctl-admin".to_owned()]));
+        for (text, key) in [
+            ("tcp_listen = \"127.0.0.1:8443\"\n", "api.tls_cert_file"),
+            (
+                "tcp_listen = \"127.0.0.1:8443\"\ntls_cert_file = \"/c\"\ntls_key_file = \"/k\"\n",
+                "api.tls_client_ca_file",
+            ),
+            ("tls_key_file = \"/k\"\n", "api.tls_key_file"),
+            ("tls_allowed_clients = [\"a\"]\n", "api.tls_allowed_clients"),
+            (&format!("tcp_listen = \"8443\"\n{files}"), "api.tcp_listen"),
+            (
+                &format!("tcp_listen = \"[::1]:1\"\n{files}tls_allowed_clients = []\n"),
+                "api.tls_allowed_clients",
+            ),
+            (
+                "tcp_listen = \"[::1]:1\"\ntls_cert_file = \"c.pem\"\n",
+                "api.tls_cert_file",
+            ),
+        ] {
+            let e = parse(&format!("{base}{text}")).expect_err(key);
+            assert!(e.to_string().contains(key), "{key}: {e}");
+        }
     }
 
     #[test]

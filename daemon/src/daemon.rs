@@ -30,8 +30,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let host = Host::build(config.clone()).await?;
     let core = Arc::new(Core::new(host));
     let listener = api::bind(&config.api)?;
+    let tcp = listener.tcp.as_ref().and_then(|t| t.local_addr().ok());
     tracing::info!(
         socket = %socket.display(),
+        tcp = ?tcp,
         root = %config.zfs.root,
         version = env!("CARGO_PKG_VERSION"),
         "labd serving"

@@ -58,7 +58,7 @@ impl EventBus {
             target: "labd::events",
             kind = %event.kind,
             resource = %event.resource,
-            uid = event.actor.map(|a| a.uid),
+            actor = event.actor.map(|a| a.to_string()),
             "event"
         );
         // Err only means there is no subscriber right now.

@@ -5,6 +5,7 @@
 //! compatible change; renaming or removing one is not (see docs/api.md).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -243,16 +244,111 @@ impl JobState {
     }
 }
 
-/// Who asked: the peer credentials of the API connection.
+/// Who asked: the peer credentials of a Unix socket connection (`uid`, `gid`, `pid`), or the
+/// client certificate's subject CN and the remote address of a TCP (mutual TLS) connection
+/// (`cn`, `addr`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
-    /// Effective uid of the caller.
-    pub uid: u32,
-    /// Effective gid of the caller.
-    pub gid: u32,
-    /// Process id where the OS reports it.
+    /// Effective uid of the caller (Unix socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Effective gid of the caller (Unix socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// Process id where the OS reports it (Unix socket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
+    /// Subject CN of the client certificate (TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cn: Option<CommonName>,
+    /// Remote address of the connection (TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<std::net::SocketAddr>,
+}
+
+impl fmt::Display for Actor {
+    /// `uid=0 gid=0 pid=42` on the socket, `cn=labctl-admin addr=192.0.2.7:50123` on TCP.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(uid) = self.uid {
+            parts.push(format!("uid={uid}"));
+        }
+        if let Some(gid) = self.gid {
+            parts.push(format!("gid={gid}"));
+        }
+        if let Some(pid) = self.pid {
+            parts.push(format!("pid={pid}"));
+        }
+        if let Some(cn) = &self.cn {
+            parts.push(format!("cn={cn}"));
+        }
+        if let Some(addr) = self.addr {
+            parts.push(format!("addr={addr}"));
+        }
+        f.write_str(&parts.join(" "))
+    }
+}
+
+/// A certificate subject CN: UTF-8 of at most [`CommonName::MAX`] bytes (RFC 5280's
+/// `ub-common-name`), held inline so that [`Actor`] stays `Copy` and is passed to jobs and
+/// events as it always was.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CommonName {
+    len: u8,
+    bytes: [u8; CommonName::MAX],
+}
+
+impl CommonName {
+    /// The longest CN in bytes.
+    pub const MAX: usize = 64;
+
+    /// The CN `text`, or `None` when it is empty or longer than [`Self::MAX`] bytes.
+    pub fn new(text: &str) -> Option<Self> {
+        let len = u8::try_from(text.len()).ok()?;
+        if text.is_empty() || text.len() > Self::MAX {
+            return None;
+        }
+        let mut bytes = [0; Self::MAX];
+        bytes[..text.len()].copy_from_slice(text.as_bytes());
+        Some(Self { len, bytes })
+    }
+
+    /// The CN.
+    pub fn as_str(&self) -> &str {
+        // Built only from a &str in `new`, cut at its own length.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for CommonName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for CommonName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for CommonName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for CommonName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::new(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "a CN is 1 to {} bytes, not {}",
+                Self::MAX,
+                text.len()
+            ))
+        })
+    }
 }
 
 /// A long operation.
@@ -762,4 +858,40 @@ pub struct CreateSwitch {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actors_of_both_listeners_round_trip() {
+        // The socket's actor is as it always was on the wire.
+        let old: Actor = serde_json::from_str(r#"{"uid":0,"gid":5,"pid":42}"#).expect("old");
+        assert_eq!(
+            (old.uid, old.gid, old.pid, old.cn),
+            (Some(0), Some(5), Some(42), None)
+        );
+        assert_eq!(old.to_string(), "uid=0 gid=5 pid=42");
+        let tcp = Actor {
+            uid: None,
+            gid: None,
+            pid: None,
+            cn: CommonName::new("labctl-admin"),
+            addr: "192.0.2.7:50123".parse().ok(),
+        };
+        let json = serde_json::to_string(&tcp).expect("json");
+        assert_eq!(json, r#"{"cn":"labctl-admin","addr":"192.0.2.7:50123"}"#);
+        assert_eq!(serde_json::from_str::<Actor>(&json).expect("back"), tcp);
+        assert_eq!(tcp.to_string(), "cn=labctl-admin addr=192.0.2.7:50123");
+        assert!(CommonName::new("").is_none());
+        assert!(CommonName::new(&"x".repeat(65)).is_none());
+        assert_eq!(
+            CommonName::new(&"é".repeat(32)).map(|c| c.as_str().len()),
+            Some(64)
+        );
+        assert!(
+            serde_json::from_str::<Actor>(&format!(r#"{{"cn":"{}"}}"#, "x".repeat(65))).is_err()
+        );
+    }
 }

@@ -156,6 +156,8 @@ pub struct LabOptions {
     /// More TOML tables appended to the configuration (`[policies.x]`, `[schedule]`);
     /// `{dir}` stands for the lab's scratch directory.
     pub tables: String,
+    /// Extra lines of the `[api]` table (`tcp_listen`, the `tls_*` files).
+    pub api_extra: String,
     /// A directory (`{dir}` as above) put first on labd's PATH: recording stand-ins for
     /// programs only FreeBSD has.
     pub path_first: Option<String>,
@@ -240,8 +242,9 @@ impl Lab {
     /// Write labd's configuration with `root`.
     pub fn write_config(&self, root: &str, opts: &LabOptions) {
         let text = format!(
-            "[api]\nsocket = \"{}\"\n\n[zfs]\nroot = \"{root}\"\n{}\n\n[daemon]\n{}\n\n{}\n",
+            "[api]\nsocket = \"{}\"\n{}\n\n[zfs]\nroot = \"{root}\"\n{}\n\n[daemon]\n{}\n\n{}\n",
             self.socket.display(),
+            opts.api_extra,
             opts.zfs_extra,
             opts.daemon_extra,
             opts.tables
@@ -377,8 +380,14 @@ impl Lab {
 
     /// Follow `labctl --output json events ARGS…` (filters) in the background.
     pub fn events_with(&self, args: &[&str]) -> EventStream {
+        self.events_from(&[&["--output", "json", "events"], args].concat())
+    }
+
+    /// Follow `labctl ARGS…` (a full `events` command line printing JSON, e.g. with global
+    /// options such as `--url`) in the background.
+    pub fn events_from(&self, args: &[&str]) -> EventStream {
         let mut child = self
-            .labctl_cmd(&[&["--output", "json", "events"], args].concat())
+            .labctl_cmd(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -75,11 +75,15 @@ fn handle(format: OutputFormat, msg: &SseMessage) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `<time> <kind> <resource> [uid=N] <data as compact JSON>`.
+/// `<time> <kind> <resource> [uid=N | cn=NAME] <data as compact JSON>`.
 fn line(e: &Event) -> String {
     let mut s = format!("{} {} {}", output::time(e.time), e.kind, e.resource);
     if let Some(a) = &e.actor {
-        s.push_str(&format!(" uid={}", a.uid));
+        match (a.uid, a.cn) {
+            (Some(uid), _) => s.push_str(&format!(" uid={uid}")),
+            (None, Some(cn)) => s.push_str(&format!(" cn={cn}")),
+            (None, None) => {}
+        }
     }
     s.push(' ');
     s.push_str(&e.data.to_string());

@@ -1,6 +1,6 @@
 //! `labctl job list` and `labctl job show ID`.
 
-use labd::wire::{Actor, Job};
+use labd::wire::Job;
 
 use super::Ctx;
 use crate::args::JobCommand;
@@ -34,13 +34,6 @@ fn render_list(jobs: &[Job]) -> String {
     output::render(&t)
 }
 
-fn actor(a: &Actor) -> String {
-    match a.pid {
-        Some(pid) => format!("uid={} gid={} pid={pid}", a.uid, a.gid),
-        None => format!("uid={} gid={}", a.uid, a.gid),
-    }
-}
-
 fn render_job(j: &Job) -> String {
     let mut rows = vec![
         ("id", j.id.to_string()),
@@ -52,7 +45,7 @@ fn render_job(j: &Job) -> String {
         rows.push(("progress", format!("{p}%")));
     }
     if let Some(a) = &j.actor {
-        rows.push(("actor", actor(a)));
+        rows.push(("actor", a.to_string()));
     }
     rows.push(("created", output::time(j.created_at)));
     if let Some(t) = j.started_at {

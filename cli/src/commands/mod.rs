@@ -40,7 +40,9 @@ impl Ctx {
 /// Run the command `cli` names.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Ctx {
-        client: Client::new(&cli.socket)?,
+        client: Client::new(&cli.endpoint().map_err(|m| {
+            crate::args::usage_error(&[], clap::error::ErrorKind::ArgumentConflict, m)
+        })?)?,
         format: cli.output,
         quiet: cli.quiet,
     };

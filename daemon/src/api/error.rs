@@ -31,6 +31,18 @@ impl ApiError {
         }
     }
 
+    /// A caller the API does not serve (a TLS client certificate not allowed).
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            info: ErrorInfo {
+                code: "forbidden".to_owned(),
+                message: message.into(),
+                field: None,
+            },
+        }
+    }
+
     /// No such route or object.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self {

@@ -1,15 +1,18 @@
 //! The HTTP/JSON API (routes in docs/api.md): axum on a Unix socket that is private to its
-//! group before the first connection is accepted.
+//! group before the first connection is accepted, and optionally on TCP with mutual TLS
+//! ([`tls`]).
 //!
 //! Handlers only parse requests into wire types and call the core; every error leaves as the
-//! one JSON error body. The caller's uid/gid (peer credentials) go with every mutation into
-//! its job and events.
+//! one JSON error body. The caller (peer credentials on the socket, certificate CN and address
+//! on TCP) goes with every mutation into its job and events.
 
 mod console;
 mod error;
 mod handlers;
 mod switches;
+mod tls;
 
+use std::future::IntoFuture;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +29,7 @@ use tokio::net::UnixListener;
 use tokio::sync::watch;
 
 pub use error::ApiError;
+pub use tls::TlsBound;
 
 use crate::config::ApiConfig;
 use crate::core::Core;
@@ -45,9 +49,11 @@ impl Connected<IncomingStream<'_, UnixListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
         let cred = stream.io().peer_cred().ok();
         Self(cred.map(|c| Actor {
-            uid: c.uid(),
-            gid: c.gid(),
+            uid: Some(c.uid()),
+            gid: Some(c.gid()),
             pid: c.pid(),
+            cn: None,
+            addr: None,
         }))
     }
 }
@@ -61,6 +67,25 @@ pub enum BindError {
     /// The socket group does not exist.
     #[error("api.socket_group: no group named '{0}'")]
     NoGroup(String),
+    /// A TLS file of `[api]` cannot be used.
+    #[error("{key}: {}: {message}", path.display())]
+    Tls {
+        /// The configuration key.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// `api.tcp_listen` cannot be bound.
+    #[error("api.tcp_listen: cannot listen on {addr}")]
+    Tcp {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// A file system error.
     #[error("cannot create socket {path}")]
     Io {
@@ -72,8 +97,26 @@ pub enum BindError {
     },
 }
 
+/// The API's listeners, bound and not yet serving.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The Unix socket.
+    pub unix: UnixListener,
+    /// The TCP listener with its TLS settings (`[api] tcp_listen`).
+    pub tcp: Option<TlsBound>,
+}
+
+/// Bind the socket and, when configured, the TCP listener (its TLS files read first).
+pub fn bind(api: &ApiConfig) -> Result<Listeners, BindError> {
+    let tcp = api.tcp.as_ref().map(tls::bind).transpose()?;
+    Ok(Listeners {
+        unix: bind_socket(api)?,
+        tcp,
+    })
+}
+
 /// Create the socket with mode 0660 (and the configured group) before anything can connect.
-pub fn bind(api: &ApiConfig) -> Result<UnixListener, BindError> {
+fn bind_socket(api: &ApiConfig) -> Result<UnixListener, BindError> {
     let path = &api.socket;
     let io_err = |source| BindError::Io {
         path: path.clone(),
@@ -112,17 +155,33 @@ pub fn bind(api: &ApiConfig) -> Result<UnixListener, BindError> {
 /// Serve the API. When `stop_accepting` turns true, no new connection is accepted and the call
 /// returns once open requests are answered (event streams end with `daemon.stopped`).
 pub async fn serve(
-    listener: UnixListener,
+    listeners: Listeners,
     core: Arc<Core>,
     stop_accepting: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let app = router(AppState { core });
-    let mut stop = stop_accepting;
-    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
+    let stopped = |mut stop: watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let unix = axum::serve(
+        listeners.unix,
+        app.clone().into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(stopped(stop_accepting.clone()))
+    .into_future();
+    let Some(tcp) = listeners.tcp else {
+        return unix.await;
+    };
+    // The same router behind the certificate check, which sets the actor.
+    let tls_app = app.layer(axum::middleware::from_fn(tls::admit));
+    let tcp = axum::serve(
+        tcp.listen(stop_accepting.clone())?,
+        tls_app.into_make_service_with_connect_info::<tls::TlsPeer>(),
+    )
+    .with_graceful_shutdown(stopped(stop_accepting))
+    .into_future();
+    let (unix, tcp) = tokio::join!(unix, tcp);
+    unix.and(tcp)
 }
 
 /// Remove the socket file (at exit).

@@ -4,6 +4,7 @@
 // Integration tests live at the top of their own crate, not in a `mod tests`.
 #![allow(clippy::tests_outside_test_module)]
 
+mod api_tls;
 mod bhyve;
 mod daemon;
 mod datasets;
