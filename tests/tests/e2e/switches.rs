@@ -169,7 +169,19 @@ fn switch_with_uplink_and_mtu_survives_a_lost_bridge_and_is_destroyed() {
     lab.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(lab.wait_labd(Duration::from_secs(20)), Some(0));
     lab.spawn_labd();
-    let br = link(&bridge).expect("re-created at start");
+    // Restored in the background once running VMs are re-adopted (their taps must stay).
+    let started = std::time::Instant::now();
+    let br = loop {
+        if let Some(br) = link(&bridge) {
+            break br;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{bridge} not re-created at start:\n{}",
+            lab.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(br["mtu"], 9000);
     assert!(
         br["ifalias"]
