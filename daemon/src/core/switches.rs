@@ -144,9 +144,6 @@ fn parse_tap_marker(marker: &str, owner: &str) -> Option<(String, usize)> {
 
 /// Check a switch name (module docs).
 pub fn validate_switch_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("it is empty".to_owned());
-    }
     if name.len() > MAX_SWITCH_NAME_LEN {
         return Err(format!(
             "it is {} characters long; at most {MAX_SWITCH_NAME_LEN} are allowed (its bridge \
@@ -154,22 +151,7 @@ pub fn validate_switch_name(name: &str) -> Result<(), String> {
             name.len()
         ));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-    {
-        return Err(format!(
-            "'{}' is not allowed; use lower-case letters, digits and '-'",
-            c.escape_debug()
-        ));
-    }
-    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
-        return Err("it must start with a letter".to_owned());
-    }
-    if name.ends_with('-') {
-        return Err("it must not end with '-'".to_owned());
-    }
-    Ok(())
+    super::vmspec::check_label_chars(name)
 }
 
 /// Check a host interface name: 1-15 bytes of letters, digits, `_`, `.`, `-`, not starting

@@ -157,14 +157,20 @@ pub fn validate_vm_name(name: &str) -> Result<(), SpecError> {
 
 /// The VM-name rules, as a detail phrase; also used for template and switch names.
 fn check_label(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("it is empty".to_owned());
-    }
     if name.len() > MAX_VM_NAME_LEN {
         return Err(format!(
             "it is {} characters long; at most {MAX_VM_NAME_LEN} are allowed",
             name.len()
         ));
+    }
+    check_label_chars(name)
+}
+
+/// The characters of a name (VM, template, switch): not empty, `a-z`, `0-9` and `-`,
+/// starting with a letter and not ending with `-`. Length limits are the caller's.
+pub fn check_label_chars(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("it is empty".to_owned());
     }
     if let Some(c) = name
         .chars()
