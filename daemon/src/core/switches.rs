@@ -209,26 +209,14 @@ impl Store {
 }
 
 async fn store(host: &Host) -> Result<Store, Error> {
-    let dataset = DatasetName::parse(&format!(
-        "{}/{}",
-        host.config.zfs.root, host.config.vms.vm_root
-    ))
-    .map_err(|e| Error::Internal(format!("vms.vm_root: {e}")))?;
-    let dir = super::vms::vm_root_mountpoint(host).await?;
-    let exists = match host.zfs.get_props(&dataset, "mounted", false).await {
-        Ok(rows) => {
-            if rows
-                .iter()
-                .any(|r| r.property == "mounted" && r.value == "no")
-            {
-                return Err(Error::Internal(format!(
-                    "{dataset} is not mounted: its {SWITCHES_FILE} cannot be read"
-                )));
-            }
-            true
+    let dataset = super::vms::vm_root(host)?;
+    let (dir, exists) = match super::vms::mounted_dir(host, &dataset).await {
+        Ok(dir) => (dir, true),
+        // Made with the first switch or VM, where vms::vm_root_mountpoint says.
+        Err(Error::Zfs(e)) if e.kind() == Some(ZfsErrorKind::NotFound) => {
+            (super::vms::vm_root_mountpoint(host).await?, false)
         }
-        Err(e) if e.kind() == Some(ZfsErrorKind::NotFound) => false,
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     Ok(Store {
         dataset,

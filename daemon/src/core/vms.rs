@@ -69,7 +69,7 @@ pub(super) fn managed(name: &str, value: &str) -> Assignment {
 }
 
 /// The dataset holding every VM: `<root>/<vm_root>` (checked when the config was loaded).
-fn vm_root(host: &Host) -> Result<DatasetName, Error> {
+pub(super) fn vm_root(host: &Host) -> Result<DatasetName, Error> {
     DatasetName::parse(&format!(
         "{}/{}",
         host.config.zfs.root, host.config.vms.vm_root
@@ -706,7 +706,8 @@ async fn create_vm_job(
     }))
 }
 
-/// The mountpoint of a VM's dataset, which must be mounted: labd writes the VM's files there.
+/// The mountpoint of a dataset labd writes files into (a VM's, or `<root>/<vm_root>`), which
+/// must be mounted.
 pub(super) async fn mounted_dir(host: &Host, ds: &DatasetName) -> Result<PathBuf, Error> {
     let rows = host.zfs.get_props(ds, "mountpoint,mounted", false).await?;
     let prop = |p: &str| {
@@ -718,7 +719,7 @@ pub(super) async fn mounted_dir(host: &Host, ds: &DatasetName) -> Result<PathBuf
     let mountpoint = prop("mountpoint");
     if !mountpoint.starts_with('/') || prop("mounted") == "no" {
         return Err(Error::Internal(format!(
-            "{ds} is not mounted (mountpoint={mountpoint}): cannot write its {SPEC_FILE}"
+            "{ds} is not mounted (mountpoint={mountpoint}): labd cannot read or write its files"
         )));
     }
     Ok(PathBuf::from(mountpoint))
