@@ -327,23 +327,11 @@ fn alive(pid: u32) -> bool {
 }
 
 /// Whether process `pid` lives and is the VM: QEMU's command line carries `-uuid UUID`;
-/// bhyve retitles itself `bhyve: NAME` (setproctitle, reference/bhyve.md §1). Read with ps(1),
-/// whose `-o args=` both FreeBSD and procps print.
+/// bhyve retitles itself `bhyve: NAME` (setproctitle, reference/bhyve.md §1).
 async fn identify(pid: u32, driver: &str, name: &str, uuid: &uuid::Uuid) -> Result<(), String> {
-    let out = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::process::Command::new("ps")
-            .args(["-ww", "-o", "args=", "-p", &pid.to_string()])
-            .stdin(std::process::Stdio::null())
-            .output(),
-    )
-    .await
-    .map_err(|_| "ps did not answer within 5s".to_owned())?
-    .map_err(|e| format!("cannot run ps: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("process {pid} is gone"));
-    }
-    let args = String::from_utf8_lossy(&out.stdout);
+    let args = crate::host::procstat::command_line(pid)
+        .await?
+        .ok_or_else(|| format!("process {pid} is gone"))?;
     let ours = match driver {
         "bhyve" => args.trim() == format!("bhyve: {name}"),
         _ => args.contains(&uuid.to_string()),

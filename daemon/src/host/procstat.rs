@@ -1,4 +1,5 @@
-//! CPU time of processes (the VMs' hypervisors), read with ps(1).
+//! The VMs' hypervisor processes as ps(1) shows them: their command line (which VM a pid
+//! is) and their CPU time.
 //!
 //! A VM's vCPUs are threads of its hypervisor process (bhyve or QEMU), so the process's
 //! accumulated CPU time (user + system) is the VM's CPU time as the host sees it. `ps -o
@@ -29,6 +30,20 @@ pub async fn cpu_seconds(pids: &[u32]) -> HashMap<u32, f64> {
         }
     };
     parse(&stdout)
+}
+
+/// The command line (or title) of process `pid`, `None` when it is gone: `ps -ww -o args=`,
+/// which both FreeBSD and procps print.
+pub async fn command_line(pid: u32) -> Result<Option<String>, String> {
+    let argv = Argv::new("ps")
+        .args(["-ww", "-o", "args=", "-p"])
+        .arg(pid.to_string());
+    match Runner::new(Duration::from_secs(5)).run(&argv).await {
+        Ok(out) => Ok(Some(out.stdout.trim().to_owned())),
+        // ps exits 1 when no process matched.
+        Err(super::runner::RunError::Exit { code: 1, .. }) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn parse(stdout: &str) -> HashMap<u32, f64> {
@@ -84,6 +99,13 @@ mod tests {
         assert_eq!(got.get(&101), Some(&7.0));
         assert_eq!(got.get(&2002), Some(&1.5));
         assert_eq!(got.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_command_line_is_read_and_a_gone_process_is_none() {
+        let me = command_line(std::process::id()).await.expect("ps");
+        assert!(me.is_some_and(|args| !args.is_empty()));
+        assert_eq!(command_line(4_000_000).await, Ok(None));
     }
 
     #[tokio::test]
