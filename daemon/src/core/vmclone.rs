@@ -32,20 +32,25 @@ use crate::wire::{self, Actor, Job};
 use super::datasets::MANAGED;
 
 /// Files of a VM's directory that belong to one machine and one run, not to its disks: a
-/// clone starts without them.
-const INSTANCE_FILES: &[&str] = &[
-    "run.json",
-    "console.log",
-    "console.log.1",
-    "console.log.2",
-    "console.log.3",
-    "qemu.log",
-    "console.sock",
-    "qmp.sock",
-    "seed.iso",
-    crate::host::seed::HOST_KEY_FILE,
-    crate::host::seed::HOST_KEY_PUB_FILE,
-];
+/// clone starts without them (its run record, logs and their rotations, sockets, seed and
+/// host key).
+fn instance_files() -> Vec<String> {
+    let mut files: Vec<String> = [
+        super::hypervisor::RUN_FILE,
+        "qemu.log",
+        "bhyve.log",
+        "console.sock",
+        "qmp.sock",
+        "seed.iso",
+        crate::host::seed::HOST_KEY_FILE,
+        crate::host::seed::HOST_KEY_PUB_FILE,
+        "console.log",
+    ]
+    .map(str::to_owned)
+    .into();
+    files.extend((1..=super::console::LOG_KEEP).map(|n| format!("console.log.{n}")));
+    files
+}
 
 impl Core {
     /// Snapshot VM `name`: its dataset and any children in one transaction (a running VM's
@@ -183,8 +188,8 @@ impl CloneJob {
                 );
             }
             let dir = mounted_dir(&host, &target).await?;
-            for f in INSTANCE_FILES {
-                match std::fs::remove_file(dir.join(f)) {
+            for f in instance_files() {
+                match std::fs::remove_file(dir.join(&f)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => {
@@ -262,6 +267,22 @@ fn clone_spec(source: &VmSpec, name: &str, dataset: &str, uuid: Uuid) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clone_leaves_behind_every_log_and_rotation() {
+        let files = instance_files();
+        for f in [
+            "run.json",
+            "qemu.log",
+            "bhyve.log",
+            "seed.iso",
+            "console.log",
+        ] {
+            assert!(files.iter().any(|x| x == f), "{f}");
+        }
+        let last = format!("console.log.{}", super::super::console::LOG_KEEP);
+        assert!(files.contains(&last), "{files:?}");
+    }
 
     #[test]
     fn a_clone_is_a_new_machine() {
