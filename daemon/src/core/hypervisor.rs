@@ -255,9 +255,12 @@ impl Run {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        match signal(self.pid, nix::sys::signal::Signal::SIGKILL) {
-            Ok(()) => log_line(format!("sent SIGKILL to {}", self.pid)),
-            Err(e) => log_line(e),
+        // The whole process group (the hypervisor leads its own, see `spawn`): nothing it
+        // started may keep the VM's files open once it is forced off.
+        let group = nix::unistd::Pid::from_raw(i32::try_from(self.pid).unwrap_or(i32::MAX));
+        match nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL) {
+            Ok(()) => log_line(format!("sent SIGKILL to process group {}", self.pid)),
+            Err(e) => log_line(format!("kill -KILL -{}: {e}", self.pid)),
         }
     }
 
